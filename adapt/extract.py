@@ -1,0 +1,354 @@
+"""The extract stage: frozen encoders over a corpus, embeddings to Parquet.
+
+Three layers, as in every stage:
+- pure core: `decode_image` and `embed_batch` (Arrow table in, Arrow table out; no Ray, no storage);
+- Ray adapter: `EmbedWorker`, an actor that builds the encoders once and calls the core;
+- storage: `write_pieces` and `commit_shard`, the only code here that writes bytes.
+
+Output layout under `{output}/embeddings/`:
+    <shard>.parquet           embedded rows of one input shard (one file per input shard)
+    _commits/<shard>.json     written after the shard's files: the shard's completion record
+    _manifest.json            written last: counts, fingerprints, config; the run's completion marker
+    _staging/                 pieces of the wave in flight; hidden from pyarrow/DuckDB readers
+and `{output}/rejects/<shard>.parquet` (id, reason). Every input row lands in exactly one of the two.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adapt import __version__ as adapt_version
+from adapt import readers, schema
+from adapt.config import Config
+from adapt.storage import Storage, join
+
+log = logging.getLogger("adapt.extract")
+
+FINGERPRINT = "_fingerprint"
+LINEAGE_KEY = b"adapt.lineage"
+# Largest decoded image we accept, in pixels: a guard against decompression bombs (about 16k x 16k).
+MAX_IMAGE_PIXELS = 268_435_456
+
+
+class RejectBudgetExceeded(RuntimeError):
+    """More rows were rejected than extract.max_reject_fraction allows."""
+
+
+# -- pure core -----------------------------------------------------------------------------------
+
+def decode_image(data: bytes):
+    """Encoded bytes -> RGB PIL image; transparent pixels composited on white. Raises on bad data."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with Image.open(io.BytesIO(data)) as probe:
+        probe.verify()  # catches truncated and corrupt files before a full decode
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return img.convert("RGB")
+
+
+def _prepare(modality: str, value):
+    """Validate and decode one cell; return (item, None) or (None, reason)."""
+    if value is None:
+        return None, f"missing {modality}"
+    if modality == "text":
+        if not value.strip():
+            return None, "empty text"
+        return value, None
+    try:
+        return decode_image(value), None
+    except Exception as e:  # PIL raises many types for bad data; the row's reason records which
+        return None, f"corrupt image: {type(e).__name__}: {e}"[:300]
+
+
+def embed_batch(encoders: dict, table: pa.Table, required: list[str]) -> pa.Table:
+    """Embed one batch. Returns every input row: embeddings where possible, `_error` otherwise.
+
+    A row is rejected when it already carries a read error, when a required modality is missing,
+    empty or corrupt. An optional modality that is missing leaves its embedding null.
+    """
+    n = table.num_rows
+    errors = table.column(readers.ERROR).to_pylist() if readers.ERROR in table.column_names else [None] * n
+    items: dict[str, list] = {}
+    for modality in sorted(encoders):
+        column = table.column(modality).to_pylist() if modality in table.column_names else [None] * n
+        prepared = []
+        for i, value in enumerate(column):
+            if errors[i] is not None:
+                prepared.append(None)
+                continue
+            item, reason = _prepare(modality, value)
+            if reason is not None and (modality in required or value is not None):
+                errors[i] = reason  # a present-but-bad value is an error even when optional
+            prepared.append(item)
+        items[modality] = prepared
+    out = {c: table.column(c) for c in table.column_names
+           if c.startswith(schema.LABEL) or c in (schema.ID, schema.SPLIT, readers.SHARD)}
+    for modality, encoder in sorted(encoders.items()):
+        rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
+        vectors = encoder.embed([items[modality][i] for i in rows])
+        if not np.all(np.isfinite(vectors)):
+            bad = {rows[j] for j in np.where(~np.isfinite(vectors).all(axis=1))[0]}
+            for i in bad:
+                errors[i] = f"non-finite {modality} embedding"
+        full = np.zeros((n, encoder.dim), dtype=np.float32)
+        full[rows] = vectors
+        valid = np.zeros(n, dtype=bool)
+        valid[rows] = True
+        flat = pa.array(full.reshape(-1), pa.float32())
+        fsl = pa.FixedSizeListArray.from_arrays(flat, encoder.dim)
+        mask = pa.array(~valid)
+        out[schema.embedding_column(modality)] = pc.if_else(mask, pa.nulls(n, fsl.type), fsl)
+    out[readers.ERROR] = pa.array(errors, pa.string())
+    return pa.table(out)
+
+
+# -- Ray adapter -----------------------------------------------------------------------------------
+
+class EmbedWorker:
+    """Ray Data actor: loads the encoders once, then embeds batch after batch."""
+
+    def __init__(self, config: Config, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        from adapt.encoders import build_encoder
+
+        ext = config.extract
+        self.required = config.required_modalities
+        self.encoders = {
+            modality: build_encoder(spec, modality, device=ext.device, dtype=ext.dtype)
+            for modality, spec in sorted(config.encoders.items())
+        }
+        self.fingerprints = json.dumps({m: e.fingerprint() for m, e in self.encoders.items()},
+                                       sort_keys=True)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        out = embed_batch(self.encoders, table, self.required)
+        return out.append_column(FINGERPRINT, pa.array([self.fingerprints] * out.num_rows, pa.string()))
+
+
+# -- storage -------------------------------------------------------------------------------------
+
+def staging_dir(output: str) -> str:
+    return join(output, "embeddings", "_staging")
+
+
+def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.Table:
+    """Write one embedded batch to staging, split by input shard; return a summary row per piece."""
+    summary = defaultdict(list)
+    fingerprints = table.column(FINGERPRINT)[0].as_py() if table.num_rows else "{}"
+    table = table.drop_columns([FINGERPRINT])
+    for key in sorted(set(table.column(readers.SHARD).to_pylist())):
+        part = table.filter(pc.equal(table.column(readers.SHARD), key))
+        uri = join(staging_dir(output), wave, key, f"{uuid.uuid4().hex}.parquet")
+        store.write_parquet(uri, part.drop_columns([readers.SHARD]))
+        summary["shard"].append(key)
+        summary["piece"].append(uri)
+        summary["rows"].append(part.num_rows)
+        summary["fingerprints"].append(fingerprints)
+    return pa.table(dict(summary), schema=pa.schema([
+        ("shard", pa.string()), ("piece", pa.string()), ("rows", pa.int64()),
+        ("fingerprints", pa.string())]))
+
+
+def commit_path(output: str, key: str) -> str:
+    return join(output, "embeddings", "_commits", f"{key}.json")
+
+
+def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list[str],
+                 expected_rows: int, fingerprints: dict, lineage: dict) -> dict:
+    """Merge a shard's staged pieces into its output files, then write its commit record."""
+    tables = [store.read_parquet(p) for p in sorted(pieces)]
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    total = table.num_rows if table is not None else 0
+    if total != expected_rows:
+        raise RuntimeError(
+            f"shard {shard.key}: {total} rows came through the pipeline but the input has "
+            f"{expected_rows}; nothing was committed for it, re-run to redo it"
+        )
+    failed = pc.is_valid(table.column(readers.ERROR)) if table is not None else None
+    ok = table.filter(pc.invert(failed)).drop_columns([readers.ERROR]) if table is not None else None
+    bad = table.filter(failed) if table is not None else None
+    emb_uri = join(output, "embeddings", f"{shard.key}.parquet")
+    rej_uri = join(output, "rejects", f"{shard.key}.parquet")
+    record = {
+        "shard": shard.key, "source": shard.uri, "input_rows": expected_rows,
+        "embedded": ok.num_rows if ok is not None else 0,
+        "rejected": bad.num_rows if bad is not None else 0,
+        "fingerprints": fingerprints, "committed_at": datetime.now(UTC).isoformat(),
+    }
+    meta = {LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True).encode()}
+    if ok is not None and ok.num_rows:
+        store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
+        record["embeddings_file"] = emb_uri
+    if bad is not None and bad.num_rows:
+        rejects = pa.table({
+            schema.ID: bad.column(schema.ID),
+            schema.REASON: bad.column(readers.ERROR),
+            schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
+            "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
+        }, schema=schema.REJECTS_SCHEMA)
+        store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
+        record["rejects_file"] = rej_uri
+    store.write_json(commit_path(output, shard.key), record)  # last: the shard is now done
+    return record
+
+
+# -- the stage -------------------------------------------------------------------------------------
+
+@dataclass
+class ExtractResult:
+    output: str
+    shards: int
+    skipped_shards: int
+    input_rows: int
+    embedded: int
+    rejected: int
+    wall_s: float
+    manifest: str
+    fingerprints: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+def _clean_uncommitted(store: Storage, output: str, pending: list[readers.Shard]) -> None:
+    """Remove what a killed run may have left: staging pieces and files of uncommitted shards."""
+    store.delete(staging_dir(output), recursive=True)
+    for shard in pending:
+        store.delete(join(output, "embeddings", f"{shard.key}.parquet"))
+        store.delete(join(output, "rejects", f"{shard.key}.parquet"))
+
+
+def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
+    """Run the extract stage on the Ray cluster this process is connected to (or a local one)."""
+    import ray
+
+    from adapt.rayutil import init_ray
+
+    t0 = time.perf_counter()
+    store = store or Storage(config.storage)
+    ext = config.extract
+    store.check_writable(config.output)
+    shards = readers.list_shards(store, config.corpus, ext.format, ext.manifest)
+    committed = {s.key for s in shards if store.exists(commit_path(config.output, s.key))}
+    pending = [s for s in shards if s.key not in committed]
+    log.info("extract: %d shards, %d already committed, %d to do", len(shards), len(committed),
+             len(pending))
+    _clean_uncommitted(store, config.output, pending)
+    init_ray(config.ray)
+    lineage = {"corpus": config.corpus, "config": config.model_dump(mode="json"),
+               "adapt_version": adapt_version}
+    threads = ext.torch_threads or max(1, int(ext.num_cpus_per_worker))
+    timings = defaultdict(float)
+    commit_task = ray.remote(num_cpus=0.25)(commit_shard)
+    count_task = ray.remote(num_cpus=0.25)(readers.count_rows)
+    for w in range(0, len(pending), ext.shards_per_wave):
+        wave_shards = pending[w: w + ext.shards_per_wave]
+        wave = f"wave-{uuid.uuid4().hex[:12]}"
+        t_wave = time.perf_counter()
+        expected_refs = [count_task.remote(store, s, config.corpus, ext.max_rows_per_shard)
+                         for s in wave_shards]
+        ds = ray.data.from_items([{"i": i} for i in range(len(wave_shards))],
+                                 override_num_blocks=len(wave_shards))
+        ds = ds.map_batches(
+            _read_shards_fn, fn_kwargs={"store": store, "shards": wave_shards,
+                                        "corpus": config.corpus, "max_rows": ext.max_rows_per_shard},
+            batch_size=1, batch_format="pyarrow", num_cpus=0.25,
+        )
+        ds = ds.map_batches(
+            EmbedWorker, fn_constructor_kwargs={"config": config, "threads": threads},
+            batch_size=ext.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=ext.num_workers),
+            num_cpus=ext.num_cpus_per_worker, num_gpus=ext.num_gpus_per_worker or None,
+        )
+        ds = ds.map_batches(
+            write_pieces, fn_kwargs={"store": store, "output": config.output, "wave": wave},
+            batch_size=None, batch_format="pyarrow", num_cpus=0.25,
+        )
+        summary = ds.to_arrow_refs()
+        pieces = pa.concat_tables(ray.get(summary)) if summary else pa.table({})
+        timings["embed_s"] += time.perf_counter() - t_wave
+        t_commit = time.perf_counter()
+        by_shard = defaultdict(list)
+        fingerprints = {}
+        for row in pieces.to_pylist():
+            by_shard[row["shard"]].append(row["piece"])
+            fingerprints = json.loads(row["fingerprints"])
+        expected = ray.get(expected_refs)
+        records = ray.get([
+            commit_task.remote(store, config.output, s, by_shard.get(s.key, []), n, fingerprints, lineage)
+            for s, n in zip(wave_shards, expected, strict=True)
+        ])
+        store.delete(join(staging_dir(config.output), wave), recursive=True)
+        timings["commit_s"] += time.perf_counter() - t_commit
+        _check_budget(store, config, shards)
+        log.info("extract: wave of %d shards done (%d rows)", len(records),
+                 sum(r["input_rows"] for r in records))
+    manifest_uri, totals = write_manifest(store, config, shards, lineage)
+    return ExtractResult(
+        output=join(config.output, "embeddings"), shards=len(shards), skipped_shards=len(committed),
+        input_rows=totals["input_rows"], embedded=totals["embedded"], rejected=totals["rejected"],
+        wall_s=time.perf_counter() - t0, manifest=manifest_uri,
+        fingerprints=totals["fingerprints"], timings=dict(timings),
+    )
+
+
+def _read_shards_fn(batch: pa.Table, store: Storage, shards: list, corpus: str, max_rows):
+    for i in batch.column("i").to_pylist():
+        yield from readers.read_shard(store, shards[i], corpus, max_rows)
+
+
+def _records(store: Storage, output: str, shards: list[readers.Shard]) -> list[dict]:
+    return [r for s in shards if (r := store.read_json_or_none(commit_path(output, s.key)))]
+
+
+def _check_budget(store: Storage, config: Config, shards: list[readers.Shard]) -> None:
+    records = _records(store, config.output, shards)
+    seen = sum(r["input_rows"] for r in records)
+    rejected = sum(r["rejected"] for r in records)
+    if seen and rejected / seen > config.extract.max_reject_fraction:
+        raise RejectBudgetExceeded(
+            f"{rejected} of {seen} rows rejected ({rejected / seen:.1%}), over "
+            f"extract.max_reject_fraction={config.extract.max_reject_fraction}; reasons are in "
+            f"{join(config.output, 'rejects')}. Fix the corpus or raise the budget, then re-run: "
+            "committed shards are kept."
+        )
+
+
+def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], lineage: dict):
+    records = _records(store, config.output, shards)
+    if len(records) != len(shards):
+        raise RuntimeError(f"{len(shards) - len(records)} shards are not committed; re-run extract")
+    fingerprints = records[0]["fingerprints"] if records else {}
+    totals = {
+        "input_rows": sum(r["input_rows"] for r in records),
+        "embedded": sum(r["embedded"] for r in records),
+        "rejected": sum(r["rejected"] for r in records),
+        "fingerprints": fingerprints,
+    }
+    manifest = {
+        **lineage, **totals, "complete": True, "shards": records,
+        "schema": {m: schema.embedding_column(m) for m in sorted(config.encoders)},
+        "written_at": datetime.now(UTC).isoformat(),
+    }
+    uri = join(config.output, "embeddings", "_manifest.json")
+    store.write_json(uri, manifest)
+    return uri, totals

@@ -1,0 +1,342 @@
+"""Projection heads: the small trainable networks that sit on top of frozen embeddings.
+
+The train stage learns one of these per task. It is pure torch (no Ray, no storage) so that the
+same module runs in a unit test, in a Ray worker and at inference time. A head is described by
+plain data (`HeadSpec`, and `MultiHead.to_config()`) so that it can be saved as JSON next to its
+weights and rebuilt without the training code.
+
+Two layouts from the paper are supported:
+- "single": one head over the concatenation of all modalities' embeddings;
+- "per_modality": one head per modality, outputs concatenated (the layout that gave the largest
+  gains in the paper and in our multi-class runs).
+The paper's exact head is available as the "paper" preset; it is meant for reproduction, not as the
+default (its 16-wide hidden layer loses to raw embeddings on multi-class tasks, see PAPER.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+MODES = ("single", "per_modality")
+PRESETS = ("paper",)
+
+# Key of the only head (and of the only part from `forward_parts`) in single mode.
+SINGLE_KEY = "all"
+
+# The reference code's head: hidden width min(d // 2, 16), 128 outputs.
+PAPER_MAX_HIDDEN = 16
+PAPER_OUT_DIM = 128
+
+
+def _is_positive_int(value: Any) -> bool:
+    # bool is an int subclass; True as a layer width is a bug, not a width of 1.
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Shape of one projection head: in_dim -> hidden_dims... -> out_dim.
+
+    `hidden_dims` holds one width per hidden layer (at least one); `dropout` is applied after each
+    hidden activation; `normalize` L2-normalises the output rows.
+    """
+
+    in_dim: int
+    hidden_dims: tuple[int, ...]
+    out_dim: int
+    dropout: float = 0.0
+    normalize: bool = False
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        # Lists come back from JSON; store a tuple so the spec stays hashable and comparable.
+        if isinstance(self.hidden_dims, list):
+            object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+        problems = []
+        if not _is_positive_int(self.in_dim):
+            problems.append(f"in_dim must be a positive int, got {self.in_dim!r}")
+        if (
+            not isinstance(self.hidden_dims, tuple)
+            or not self.hidden_dims
+            or not all(_is_positive_int(h) for h in self.hidden_dims)
+        ):
+            problems.append(
+                "hidden_dims must be a non-empty tuple of positive ints (one width per hidden "
+                f"layer, e.g. (256,)), got {self.hidden_dims!r}"
+            )
+        if not _is_positive_int(self.out_dim):
+            problems.append(f"out_dim must be a positive int, got {self.out_dim!r}")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= self.dropout < 1.0
+        ):
+            problems.append(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.normalize, bool):
+            problems.append(f"normalize must be true or false, got {self.normalize!r}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if problems:
+            raise ValueError("invalid HeadSpec: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (hidden_dims as a list)."""
+        d = dataclasses.asdict(self)
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeadSpec:
+        """Inverse of `to_dict`; unknown keys are rejected with the list of valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown HeadSpec keys {unknown}; valid keys are {valid}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and _required(f)]
+        if missing:
+            raise ValueError(f"HeadSpec is missing keys {missing}")
+        return cls(**d)
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def paper_spec(in_dim: int) -> HeadSpec:
+    """The authors' head: Linear(d -> h) -> ReLU -> Linear(h -> 128), h = min(d // 2, 16).
+
+    No dropout, no normalisation. For d = 768 that is 768*16+16 + 16*128+128 = 14,480 parameters.
+    """
+    if not _is_positive_int(in_dim) or in_dim < 2:
+        raise ValueError(f"paper_spec needs an input width of at least 2, got {in_dim!r}")
+    hidden = min(in_dim // 2, PAPER_MAX_HIDDEN)
+    return HeadSpec(in_dim=in_dim, hidden_dims=(hidden,), out_dim=PAPER_OUT_DIM)
+
+
+class ProjectionHead(nn.Module):
+    """Linear -> activation -> [dropout] -> ... -> Linear, optionally L2-normalised."""
+
+    def __init__(self, spec: HeadSpec) -> None:
+        super().__init__()
+        if not isinstance(spec, HeadSpec):
+            raise ValueError(f"ProjectionHead needs a HeadSpec, got {type(spec).__name__}")
+        self.spec = spec
+        layers: list[nn.Module] = []
+        width = spec.in_dim
+        for hidden in spec.hidden_dims:
+            layers.append(nn.Linear(width, hidden))
+            layers.append(ACTIVATIONS[spec.activation]())
+            if spec.dropout > 0:
+                layers.append(nn.Dropout(spec.dropout))
+            width = hidden
+        layers.append(nn.Linear(width, spec.out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.spec.in_dim:
+            raise ValueError(
+                f"head expects inputs of width {self.spec.in_dim}, got shape {tuple(x.shape)}: "
+                "was the head built for another encoder?"
+            )
+        z = self.net(x)
+        if self.spec.normalize:
+            z = F.normalize(z, dim=-1)
+        return z
+
+
+def _check_modality_names(names: Any) -> None:
+    for name in names:
+        # nn.ModuleDict rejects "." in keys; empty names would make unreadable configs.
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"modality names must be non-empty strings without '.', got {name!r}")
+
+
+class MultiHead(nn.Module):
+    """The trainable part of the train stage: maps each row's embeddings to one projection.
+
+    `in_dims` maps modality name -> embedding width. Modalities are always handled in sorted name
+    order, both when concatenating inputs (single mode) and outputs (per_modality mode), so that
+    the output layout does not depend on dict order.
+
+    mode="single": `specs` is {"all": spec} with spec.in_dim == sum(in_dims.values()).
+    mode="per_modality": `specs` has one spec per modality with spec.in_dim == in_dims[modality];
+    the output is the concatenation of the heads' outputs, width sum of their out_dims.
+    """
+
+    def __init__(self, mode: str, in_dims: dict[str, int], specs: dict[str, HeadSpec]) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(
+                f"unknown head mode {mode!r}; valid modes are {list(MODES)} "
+                "(the raw-embedding baseline needs no head)"
+            )
+        if not in_dims:
+            raise ValueError("in_dims is empty: give the embedding width of each modality")
+        _check_modality_names(in_dims)
+        for name, dim in in_dims.items():
+            if not _is_positive_int(dim):
+                raise ValueError(f"in_dims[{name!r}] must be a positive int, got {dim!r}")
+        for key, spec in specs.items():
+            if not isinstance(spec, HeadSpec):
+                raise ValueError(f"specs[{key!r}] must be a HeadSpec, got {type(spec).__name__}")
+
+        modalities = tuple(sorted(in_dims))
+        if mode == "single":
+            if set(specs) != {SINGLE_KEY}:
+                raise ValueError(
+                    f'single mode takes exactly one spec keyed "{SINGLE_KEY}", got {sorted(specs)}'
+                )
+            total = sum(in_dims.values())
+            if specs[SINGLE_KEY].in_dim != total:
+                raise ValueError(
+                    f"single head in_dim is {specs[SINGLE_KEY].in_dim} but the modalities "
+                    f"{dict(sorted(in_dims.items()))} concatenate to {total}"
+                )
+        else:
+            if set(specs) != set(modalities):
+                raise ValueError(
+                    f"per_modality mode needs one spec per modality {list(modalities)}, "
+                    f"got specs for {sorted(specs)}"
+                )
+            for name in modalities:
+                if specs[name].in_dim != in_dims[name]:
+                    raise ValueError(
+                        f"spec for {name!r} has in_dim {specs[name].in_dim} but its embeddings "
+                        f"are {in_dims[name]} wide"
+                    )
+
+        self.mode = mode
+        self._in_dims = {name: in_dims[name] for name in modalities}
+        self.heads = nn.ModuleDict({key: ProjectionHead(specs[key]) for key in sorted(specs)})
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Input modality names, in the (sorted) order used for concatenation."""
+        return tuple(self._in_dims)
+
+    @property
+    def in_dims(self) -> dict[str, int]:
+        return dict(self._in_dims)
+
+    @property
+    def specs(self) -> dict[str, HeadSpec]:
+        return {key: head.spec for key, head in self.heads.items()}
+
+    @property
+    def out_dim(self) -> int:
+        """Width of `forward`'s output: the sum of the heads' out_dims."""
+        return sum(head.spec.out_dim for head in self.heads.values())
+
+    def _inputs_in_order(self, inputs: dict[str, Tensor]) -> list[Tensor]:
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise ValueError(
+                f"inputs lack modalities {missing}; this head takes {list(self.modalities)} "
+                f"and got {sorted(inputs)}"
+            )
+        xs = [inputs[m] for m in self.modalities]
+        for m, x in zip(self.modalities, xs, strict=True):
+            if x.dim() != 2 or x.shape[1] != self._in_dims[m]:
+                raise ValueError(
+                    f"{m} embeddings must have shape [rows, {self._in_dims[m]}], "
+                    f"got {tuple(x.shape)}"
+                )
+        rows = {m: x.shape[0] for m, x in zip(self.modalities, xs, strict=True)}
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"modalities have different row counts: {rows}")
+        # Embeddings are often stored as float16 and loaded on the CPU; the head computes in its
+        # own dtype, on its own device.
+        param = next(self.parameters())
+        return [x.to(device=param.device, dtype=param.dtype) for x in xs]
+
+    def forward_parts(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Projections before the final concatenation: {modality: z_m}, or {"all": z} in single
+        mode. Keys of `inputs` beyond the head's modalities are ignored; inputs are moved to the
+        head's device and dtype."""
+        xs = self._inputs_in_order(inputs)
+        if self.mode == "single":
+            return {SINGLE_KEY: self.heads[SINGLE_KEY](torch.cat(xs, dim=1))}
+        return {m: self.heads[m](x) for m, x in zip(self.modalities, xs, strict=True)}
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        """[rows, out_dim] projections; per_modality outputs are concatenated in sorted order."""
+        parts = self.forward_parts(inputs)
+        return torch.cat([parts[key] for key in sorted(parts)], dim=1)
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-ready description of the architecture (weights go in the state dict)."""
+        return {
+            "mode": self.mode,
+            "in_dims": dict(self._in_dims),
+            "specs": {key: spec.to_dict() for key, spec in self.specs.items()},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MultiHead:
+        """Rebuild a head (with fresh weights) from `to_config()`'s output."""
+        valid = ["in_dims", "mode", "specs"]
+        if not isinstance(config, dict) or sorted(config) != valid:
+            got = sorted(config) if isinstance(config, dict) else type(config).__name__
+            raise ValueError(f"head config must have exactly the keys {valid}, got {got}")
+        specs = {key: HeadSpec.from_dict(spec) for key, spec in config["specs"].items()}
+        return cls(config["mode"], dict(config["in_dims"]), specs)
+
+
+def build_head(
+    mode: str,
+    in_dims: dict[str, int],
+    hidden_dims: tuple[int, ...] = (256,),
+    out_dim: int = 128,
+    dropout: float = 0.0,
+    normalize: bool = True,
+    activation: str = "relu",
+    preset: str | None = None,
+) -> MultiHead:
+    """Build a MultiHead from flat settings.
+
+    per_modality: each modality gets its own head of `out_dim` outputs (total width
+    out_dim * modalities). single: one head over the concatenated embeddings.
+    preset="paper" replaces the shape settings with `paper_spec` for every head (128 outputs
+    each; hidden_dims, out_dim, dropout, normalize and activation are then ignored).
+
+    The defaults (hidden 256, L2-normalised outputs) are the setting that beat raw embeddings on
+    a multi-class task, where the paper's preset lost to them (PAPER.md).
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(
+            f"unknown head preset {preset!r}; valid presets are {list(PRESETS)} or None"
+        )
+    if mode not in MODES:
+        raise ValueError(f"unknown head mode {mode!r}; valid modes are {list(MODES)}")
+    if not in_dims:
+        raise ValueError("in_dims is empty: give the embedding width of each modality")
+
+    def make(in_dim: int) -> HeadSpec:
+        if preset == "paper":
+            return paper_spec(in_dim)
+        return HeadSpec(
+            in_dim=in_dim,
+            hidden_dims=tuple(hidden_dims),
+            out_dim=out_dim,
+            dropout=dropout,
+            normalize=normalize,
+            activation=activation,
+        )
+
+    for name, dim in in_dims.items():
+        if not _is_positive_int(dim):
+            raise ValueError(f"in_dims[{name!r}] must be a positive int, got {dim!r}")
+    if mode == "single":
+        specs = {SINGLE_KEY: make(sum(in_dims.values()))}
+    else:
+        specs = {name: make(dim) for name, dim in in_dims.items()}
+    return MultiHead(mode, in_dims, specs)

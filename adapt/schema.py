@@ -1,0 +1,38 @@
+"""Column names and Arrow schemas, defined once.
+
+Every stage reads and writes through these names; a corpus or an embeddings file that lacks a
+required column is rejected at read time with a message that names the column.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Corpus columns (input).
+ID = "id"
+TEXT = "text"
+IMAGE = "image"  # encoded PNG/JPEG/WebP bytes
+IMAGE_PATH = "image_path"  # relative to the corpus root, or a URI
+LABEL = "label"  # string, or list of strings for multi-label tasks
+SPLIT = "split"  # optional: "train", "val", "test", ...
+
+MODALITIES = ("text", "image")
+
+
+def embedding_column(modality: str) -> str:
+    """Name of the fixed-size float list column that holds one modality's embeddings."""
+    return f"{modality}_embedding"
+
+
+# Rejects (rows that could not be embedded).
+REASON = "reason"
+STAGE = "stage"
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)

@@ -1,0 +1,189 @@
+"""Every byte that touches local disk or object storage goes through this module.
+
+A `Storage` is small and picklable, so the driver hands it to Ray workers, which rebuild the
+filesystem lazily on first use. URIs are either local paths or `s3://bucket/key`; s3 goes through
+s3fs with an optional endpoint (MinIO, moto, real S3) and the usual AWS credential chain, which is
+never printed.
+
+Writes are atomic for readers: a local file is written under a temporary name and renamed; an S3
+object appears whole when its single PUT completes. Completion markers (manifests, commit records)
+are written last, so a reader that sees one sees everything it names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adapt.config import StorageConfig
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with `/`, for local paths and s3:// alike."""
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/"))
+
+
+@dataclass
+class Storage:
+    """Access to local paths and s3:// URIs with one set of options."""
+
+    config: StorageConfig = field(default_factory=StorageConfig)
+    _fs_cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict) -> None:
+        self.config = state["config"]
+        self._fs_cache = {}
+
+    def fs(self, uri: str) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem for a URI (s3fs for s3://, the local one otherwise)."""
+        protocol = uri.split("://", 1)[0] if is_remote(uri) else "file"
+        if protocol not in self._fs_cache:
+            if protocol in ("s3", "s3a"):
+                client_kwargs = {}
+                endpoint = self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+                if endpoint:
+                    client_kwargs["endpoint_url"] = endpoint
+                if self.config.region:
+                    client_kwargs["region_name"] = self.config.region
+                self._fs_cache[protocol] = fsspec.filesystem(
+                    "s3", anon=self.config.anon, client_kwargs=client_kwargs,
+                    skip_instance_cache=True, use_listings_cache=False,
+                )
+            elif protocol == "file":
+                self._fs_cache[protocol] = fsspec.filesystem("file")
+            else:
+                raise ValueError(
+                    f"unsupported storage scheme {protocol}:// in {uri!r}; use a local path or s3://"
+                )
+        return self._fs_cache[protocol]
+
+    def arrow_fs(self, uri: str) -> pa.fs.FileSystem:
+        """A pyarrow filesystem over the same fsspec one, for pyarrow and Ray Data readers."""
+        return pa.fs.PyFileSystem(pa.fs.FSSpecHandler(self.fs(uri)))
+
+    @staticmethod
+    def strip(uri: str) -> str:
+        """The path the filesystem expects (no scheme)."""
+        if uri.startswith("file://"):
+            return uri[len("file://"):]
+        return uri.split("://", 1)[1] if is_remote(uri) else os.path.abspath(uri)
+
+    def qualify(self, uri: str, path: str) -> str:
+        """Turn a path returned by a listing back into a URI with the scheme of `uri`."""
+        if is_remote(uri):
+            return f"{uri.split('://', 1)[0]}://{path}"
+        return path
+
+    # -- queries -------------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        return self.fs(uri).exists(self.strip(uri))
+
+    def isdir(self, uri: str) -> bool:
+        return self.fs(uri).isdir(self.strip(uri))
+
+    def list_files(self, uri: str, suffixes: tuple[str, ...] = (), recursive: bool = True) -> list[str]:
+        """Sorted URIs of files under `uri`, skipping hidden names (`.x`, `_x`) as pyarrow does."""
+        fs, root = self.fs(uri), self.strip(uri)
+        if not fs.exists(root):
+            return []
+        if fs.isfile(root):
+            return [uri]
+        paths = fs.find(root) if recursive else [p for p in fs.ls(root, detail=False)]
+        out = []
+        for path in paths:
+            rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else path
+            if any(part.startswith((".", "_")) for part in rel.split("/")):
+                continue
+            if suffixes and not path.endswith(suffixes):
+                continue
+            if fs.isfile(path):
+                out.append(self.qualify(uri, path))
+        return sorted(out)
+
+    def size(self, uri: str) -> int:
+        return int(self.fs(uri).size(self.strip(uri)))
+
+    # -- reads ---------------------------------------------------------------------------------
+    def read_bytes(self, uri: str) -> bytes:
+        with self.fs(uri).open(self.strip(uri), "rb") as f:
+            return f.read()
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def read_json_or_none(self, uri: str) -> Any:
+        try:
+            return self.read_json(uri)
+        except FileNotFoundError:
+            return None
+
+    def read_parquet(self, uri: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.strip(uri), filesystem=self.arrow_fs(uri), columns=columns)
+
+    # -- writes --------------------------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole object so that readers see the old state or the new, never a part."""
+        fs, path = self.fs(uri), self.strip(uri)
+        if is_remote(uri):
+            fs.pipe_file(path, data)  # one PUT: the object appears whole
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def write_parquet(self, uri: str, table: pa.Table, row_group_size: int = 16384) -> int:
+        """Write a table as one Parquet file (zstd); return its size in bytes."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+        data = buf.getvalue()
+        self.write_bytes(uri, data)
+        return len(data)
+
+    def delete(self, uri: str, recursive: bool = False) -> None:
+        fs, path = self.fs(uri), self.strip(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+    def copy(self, src: str, dst: str) -> None:
+        self.write_bytes(dst, self.read_bytes(src))
+
+    def check_writable(self, uri: str) -> None:
+        """Fail early, with the fix, when the output root cannot be written."""
+        probe = join(uri, f"_write_probe-{uuid.uuid4().hex[:8]}")
+        try:
+            self.write_bytes(probe, b"ok")
+            self.delete(probe)
+        except Exception as e:  # the cause differs by backend; the message is what matters
+            raise PermissionError(
+                f"cannot write under {uri!r} ({type(e).__name__}: {e}); check the path or bucket "
+                "exists, the credentials allow PutObject/DeleteObject there, and storage.endpoint_url"
+            ) from e
