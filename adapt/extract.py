@@ -228,6 +228,22 @@ class ExtractResult:
     fingerprints: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
+    def describe(self) -> str:
+        dims = ", ".join(f"{m} {fp.get('dim')}-d ({fp.get('encoder')})"
+                         for m, fp in sorted(self.fingerprints.items()))
+        return (
+            f"extract: {self.input_rows} rows from {self.shards} shards "
+            f"({self.skipped_shards} already done) in {self.wall_s:.1f} s\n"
+            f"  embedded {self.embedded}, rejected {self.rejected}\n"
+            f"  embeddings: {self.output}  [{dims}]\n"
+            f"  manifest:   {self.manifest}"
+        )
+
+
+def main(config: Config) -> ExtractResult:
+    """The stage as the CLI and jobs/extract.py run it."""
+    return run_extract(config)
+
 
 def _clean_uncommitted(store: Storage, output: str, pending: list[readers.Shard]) -> None:
     """Remove what a killed run may have left: staging pieces and files of uncommitted shards."""

@@ -43,7 +43,7 @@ class HFTextEncoder(Encoder):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(name.model)
-        self.model = AutoModel.from_pretrained(name.model, torch_dtype=self.torch_dtype)
+        self.model = AutoModel.from_pretrained(name.model, dtype=self.torch_dtype)
         self.model.eval().to(self.device)
         # Sentence-embedding models are trained with mean pooling; CLS is BERT's own convention.
         self.pooling = spec.pooling or "mean"
@@ -78,7 +78,7 @@ class HFVisionEncoder(Encoder):
         from transformers import AutoImageProcessor, AutoModel
 
         self.processor = AutoImageProcessor.from_pretrained(name.model)
-        self.model = AutoModel.from_pretrained(name.model, torch_dtype=self.torch_dtype)
+        self.model = AutoModel.from_pretrained(name.model, dtype=self.torch_dtype)
         self.model.eval().to(self.device)
         self.pooling = spec.pooling or "cls"
         if self.pooling not in ("cls", "pooled"):
