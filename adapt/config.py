@@ -9,6 +9,7 @@ the same way.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +106,359 @@ class ExtractConfig(Strict):
     )
 
 
+# The authors' recipe (PAPER.md): the "paper" preset fills these in; head shape comes from
+# heads.paper_spec (hidden min(d // 2, 16), 128 outputs, no normalisation, no dropout).
+PAPER_RECIPE: dict[str, Any] = {
+    "loss": "pairwise_bce",
+    "temperature": 0.1,
+    "input_norm": "none",
+    "sampler": "shuffle",
+    "batch_size": 128,
+    "epochs": 10,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "patience": None,
+    "val_fraction": 0.2,
+    "seed": 42,
+    "cross_modal_weight": 0.0,
+}
+# Head-shape keys that the paper preset fixes, with the values it implies (hidden_dims and
+# out_dim are ignored by it, so their defaults pass). Any other value next to `preset: paper` is
+# an error; the implied values are accepted so that a dumped config validates again.
+PAPER_FIXED_SHAPE: dict[str, Any] = {
+    "hidden_dims": [256],
+    "out_dim": 128,
+    "dropout": 0.0,
+    "normalize": False,
+}
+
+
+class TrainConfig(Strict):
+    """The train stage: a contrastive projection head over the extracted embeddings.
+
+    The defaults are the setting that beat raw embeddings on a multi-class task (PAPER.md); the
+    `paper` preset reproduces the authors' recipe instead.
+    """
+
+    preset: Literal["paper"] | None = Field(
+        None,
+        description="paper: the authors' exact recipe (pairwise BCE, T=0.1, unnormalised, hidden "
+        "min(d/2, 16), 128 outputs, Adam lr 1e-3, batch 128, 10 epochs, no early stopping). "
+        "Training keys set next to it still apply; head-shape keys are fixed by it.",
+    )
+    # -- head --
+    mode: Literal["single", "per_modality"] = Field(
+        "per_modality",
+        description="per_modality: one head per modality, outputs concatenated; single: one head "
+        "over the concatenated embeddings.",
+    )
+    hidden_dims: list[int] = Field(
+        [256], min_length=1, max_length=8, description="Width of each hidden layer."
+    )
+    out_dim: int = Field(128, ge=2, le=4096, description="Output width of each head.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    normalize: bool = Field(True, description="L2-normalise each head's output rows.")
+    input_norm: Literal["none", "l2", "standardize"] = Field(
+        "standardize",
+        description="Per-modality input scaling, fitted on the training rows and stored with the "
+        "head: standardize (zero mean, unit variance per dimension), l2 (unit rows), none. Image "
+        "features can have hundreds of times the variance of text features (PAPER.md).",
+    )
+    # -- loss --
+    loss: Literal["supcon", "pairwise_bce", "triplet"] = Field(
+        "supcon", description="Contrastive loss (adapt.losses.LOSSES)."
+    )
+    temperature: float = Field(
+        0.1, gt=0.0, le=10.0, description="Softmax / logit temperature of supcon and pairwise_bce."
+    )
+    margin: float = Field(0.2, ge=0.0, le=4.0, description="Triplet margin (distance units).")
+    multilabel_rule: Literal["overlap", "jaccard"] = Field(
+        "overlap", description="Multi-label tasks: when two rows count as a positive pair."
+    )
+    cross_modal_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="Weight of a CLIP-style term aligning a row's modalities (per_modality only).",
+    )
+    # -- optimisation --
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle",
+        description="Mini-batches: shuffle (random rows) or balanced (every row has a positive "
+        "partner in its batch; for many classes or rare ones).",
+    )
+    classes_per_batch: int | None = Field(
+        None, ge=1, description="balanced sampler: most classes per batch (None: batch_size / 4)."
+    )
+    batch_size: int = Field(
+        256, ge=2, le=65536, description="Rows per optimiser step, over all workers together."
+    )
+    epochs: int = Field(30, ge=1, le=10000, description="Most passes over the training rows.")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate (Adam).")
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, description="Decoupled weight decay (AdamW); 0 is plain Adam."
+    )
+    patience: int | None = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Stop after this many epochs without a lower validation loss and keep the "
+        "best epoch's weights; None trains every epoch and keeps the last.",
+    )
+    val_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the training rows held out (stratified by class, by a hash of the "
+        "row id) for the validation loss.",
+    )
+    seed: int = Field(42, ge=0, description="Seeds weights, batches and the hold-out split.")
+    # -- data --
+    label_column: str = Field("label", description="Label column: label or a label_* column.")
+    exclude_splits: list[str] = Field(
+        ["test"], description="Rows whose `split` value is listed here never train the head."
+    )
+    ids_uri: str | None = Field(
+        None,
+        description="File of row ids to fit on (JSON list, or one id per line); None: every row "
+        "not excluded by exclude_splits.",
+    )
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Name of the run under {output}/heads/; None derives it from the config and "
+        "the embeddings, so a re-submitted job resumes the same run.",
+    )
+    # -- resources and fault tolerance --
+    local: bool = Field(
+        False, description="Fit in this process without Ray Train (small data, tests)."
+    )
+    num_workers: int = Field(
+        1, ge=0, le=1024, description="Ray Train workers (DDP); 0 is the same as local: true."
+    )
+    use_gpu: bool = Field(False, description="One GPU per Ray Train worker.")
+    num_cpus_per_worker: float = Field(
+        0.5,
+        gt=0.0,
+        le=256.0,
+        description="CPUs reserved per Train worker. Fractional on purpose: whole CPUs for every "
+        "worker can leave none for the Ray Data read that feeds them, and the run then hangs.",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="Intra-op threads per worker (None: CPUs asked, min 1)."
+    )
+    gather_negatives: bool = Field(
+        True,
+        description="Gather projections from every worker so each loss sees the global batch "
+        "(results then do not depend on num_workers).",
+    )
+    checkpoint_every_epochs: int = Field(
+        1, ge=1, le=10000, description="Checkpoint every K epochs (and after the last)."
+    )
+    checkpoints_to_keep: int = Field(2, ge=1, le=100, description="Checkpoints kept per run.")
+    max_failures: int = Field(
+        2, ge=-1, le=1000, description="Worker failures to recover from (-1: no limit)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") != "paper":
+            return data
+        fixed = [k for k, v in PAPER_FIXED_SHAPE.items() if k in data and data[k] != v]
+        if fixed:
+            raise ValueError(
+                f"preset 'paper' fixes the head shape; remove {fixed} or drop the preset"
+            )
+        return {**PAPER_RECIPE, **data, **PAPER_FIXED_SHAPE}
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        problems = []
+        if self.cross_modal_weight > 0 and self.mode != "per_modality":
+            problems.append("cross_modal_weight > 0 needs mode: per_modality")
+        if self.patience is not None and self.val_fraction == 0:
+            problems.append("early stopping (patience) needs val_fraction > 0, or set patience: null")
+        if not (self.label_column == "label" or self.label_column.startswith("label_")):
+            problems.append(f"label_column must be 'label' or 'label_*', got {self.label_column!r}")
+        if any(h < 1 or h > 65536 for h in self.hidden_dims):
+            problems.append(f"hidden_dims must hold widths in 1..65536, got {self.hidden_dims}")
+        if self.classes_per_batch is not None and 2 * self.classes_per_batch > self.batch_size:
+            problems.append("classes_per_batch can be at most batch_size / 2 (2 rows per class)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.local or self.num_workers == 0
+
+
+# Score stage: representations a user can ask for. A family name ("raw") stands for all its
+# variants; "concat" is every modality side by side, each scaled to unit total variance first.
+SCORE_FAMILIES = ("raw", "pca", "projected")
+PROJECTED_MODES = ("single", "per_modality")
+# Kept in step with adapt.scoring.CLASSIFIERS (a test checks); listed here so that loading a
+# config does not import scikit-learn.
+SCORE_CLASSIFIERS = ("logreg", "xgboost", "random_forest", "svc", "mlp", "cart", "knn")
+
+
+class ScoreTask(Strict):
+    """One question the score stage answers: a label column, read as one task type.
+
+    `positive` turns any column into a one-vs-rest binary task (rows whose label is, or for a
+    multi-label column contains, `positive` against all others). `min_class_count` drops classes
+    with fewer rows than that before scoring: their rows (single-label tasks) or the label alone
+    (multi-label tasks); the report lists what was dropped.
+    """
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._=:-]{0,127}$",
+        description="Name in the report; None: the label column, plus '=POSITIVE' for one-vs-rest.",
+    )
+    label_column: str = Field("label", description="Label column: label or a label_* column.")
+    type: Literal["auto", "binary", "multiclass", "multilabel"] = Field(
+        "auto", description="auto: lists per row -> multilabel, 2 classes -> binary, else multiclass."
+    )
+    positive: str | None = Field(
+        None, description="One-vs-rest: this class against all others (a binary task)."
+    )
+    min_class_count: int | None = Field(
+        None,
+        ge=1,
+        description="Drop classes with fewer rows than this (None: score.n_folds, so that every "
+        "class can be in every test fold).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreTask:
+        problems = []
+        if not (self.label_column == "label" or self.label_column.startswith("label_")):
+            problems.append(f"label_column must be 'label' or 'label_*', got {self.label_column!r}")
+        if self.positive is not None and self.type not in ("auto", "binary"):
+            problems.append(f"positive makes a binary task; drop type: {self.type} or positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def task_name(self) -> str:
+        if self.name:
+            return self.name
+        return self.label_column + (f"={self.positive}" if self.positive is not None else "")
+
+
+class ScoreConfig(Strict):
+    """The score stage: downstream classifiers on raw, PCA and projected embeddings, k-fold.
+
+    Cells (task, representation, classifier, fold) run as Ray tasks; representations are built
+    once per (task, fold), heads trained on that fold's training rows only.
+    """
+
+    tasks: list[ScoreTask] = Field(
+        [ScoreTask()], min_length=1, description="Tasks to score (default: one task on `label`)."
+    )
+    representations: list[str] = Field(
+        ["raw", "pca", "projected"],
+        min_length=1,
+        description="raw[:MODALITY|:concat], pca[:MODALITY|:concat], projected[:single|"
+        ":per_modality]; a bare family name means all its variants.",
+    )
+    heads: list[str] = Field(
+        [],
+        description="URIs of trained heads (adapt.load_head) to score as well; such a head may "
+        "have been trained on rows that are test rows here, which the report says.",
+    )
+    classifiers: list[str] = Field(
+        list(SCORE_CLASSIFIERS), min_length=1, description="Downstream classifiers to fit."
+    )
+    classifier_params: dict[str, dict[str, Any]] = Field(
+        {}, description="Classifier -> parameters overriding its defaults, e.g. {svc: {C: 10}}."
+    )
+    n_folds: int = Field(5, ge=2, le=100, description="Folds (kfold) or repeats (repeated).")
+    scheme: Literal["kfold", "repeated"] = Field(
+        "kfold", description="kfold: stratified partition; repeated: independent 80/20 splits."
+    )
+    seed: int = Field(0, ge=0, description="Seeds folds, classifiers, heads and bootstraps.")
+    pca_k: int | None = Field(
+        None, ge=1, description="PCA components (None: train.out_dim, the size of one head)."
+    )
+    validation_folds: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="Outer folds whose training rows get an inner validation split; the "
+        "recommendation comes from those validation scores only (0: no recommendation).",
+    )
+    val_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of a fold's training rows the inner split holds out."
+    )
+    metric: Literal["macro_f1", "micro_f1", "accuracy"] = Field(
+        "macro_f1", description="Metric of the gains, the recommendation and the headline table."
+    )
+    n_boot: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples per interval.")
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="1 - confidence of the intervals.")
+    executor: Literal["ray", "local"] = Field(
+        "ray", description="ray: cells are Ray tasks; local: one after another in this process."
+    )
+    num_cpus_per_cell: float = Field(
+        0.5, gt=0.0, le=256.0, description="CPUs reserved per cell (fractional packs more in)."
+    )
+    num_cpus_per_fold: float = Field(
+        1.0, gt=0.0, le=256.0, description="CPUs reserved to build a fold's representations."
+    )
+    plots: bool = Field(True, description="Write PNG plots next to the report.")
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Name of the report folder under {output}/reports/; None: time-stamped.",
+    )
+
+    @field_validator("representations")
+    @classmethod
+    def _known_representations(cls, names: list[str]) -> list[str]:
+        bad = []
+        for name in names:
+            family, _, variant = name.partition(":")
+            if family not in SCORE_FAMILIES:
+                bad.append(name)
+            elif family == "projected" and variant and variant not in PROJECTED_MODES:
+                bad.append(name)
+        if bad:
+            raise ValueError(
+                f"unknown representation(s) {bad}: use raw, pca or projected, or raw:MODALITY, "
+                "raw:concat, pca:MODALITY, pca:concat, projected:single, projected:per_modality"
+            )
+        return names
+
+    @field_validator("classifiers")
+    @classmethod
+    def _known_classifiers(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(SCORE_CLASSIFIERS))
+        if unknown:
+            raise ValueError(f"unknown classifier(s) {unknown}: valid are {list(SCORE_CLASSIFIERS)}")
+        if len(set(names)) != len(names):
+            raise ValueError("a classifier is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreConfig:
+        problems = []
+        stray = sorted(set(self.classifier_params) - set(self.classifiers))
+        if stray:
+            problems.append(f"classifier_params names {stray}, which are not in classifiers")
+        names = [t.task_name for t in self.tasks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            problems.append(f"task names {twice} are used twice: give each task a distinct name")
+        if self.validation_folds > self.n_folds:
+            problems.append(f"validation_folds ({self.validation_folds}) > n_folds ({self.n_folds})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class Config(Strict):
     """A whole job configuration; each stage reads the top-level keys and its own section."""
 
@@ -116,6 +470,8 @@ class Config(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     extract: ExtractConfig = ExtractConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
 
     @field_validator("encoders", mode="before")
     @classmethod
@@ -135,6 +491,21 @@ class Config(Strict):
             raise ValueError(
                 f"extract.required_modalities names {missing} which have no encoder; "
                 f"configured: {sorted(self.encoders)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_score(self) -> Config:
+        # Representation variants name modalities, which only the encoders know.
+        variants = {*self.encoders, "concat"}
+        bad = [
+            r for r in self.score.representations
+            if r.partition(":")[0] in ("raw", "pca") and r.partition(":")[2] not in ("", *variants)
+        ]
+        if bad:
+            raise ValueError(
+                f"score.representations {bad} name no configured modality; "
+                f"use one of {sorted(variants)} after raw: or pca:"
             )
         return self
 
@@ -220,7 +591,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(copy.deepcopy(data), overrides)  # never edit the caller's dicts
     try:
         return Config.model_validate(data)
     except ValidationError as e:

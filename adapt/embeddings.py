@@ -66,8 +66,12 @@ def embedding_files(manifest: dict) -> list[str]:
 def fixed_size_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size float list column (no nulls) -> float32 [N, dim], without a Python loop."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    dim = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    if arr.null_count:
+        raise ValueError("embedding column has null rows; filter them first")
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    # A column with nulls is stored as a variable-size list (see schema.storable).
+    dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else flat.size // max(1, len(arr))
+    return flat.reshape(-1, dim)
 
 
 def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Embeddings:

@@ -160,7 +160,7 @@ def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.
     for key in sorted(set(table.column(readers.SHARD).to_pylist())):
         part = table.filter(pc.equal(table.column(readers.SHARD), key))
         uri = join(staging_dir(output), wave, key, f"{uuid.uuid4().hex}.parquet")
-        store.write_parquet(uri, part.drop_columns([readers.SHARD]))
+        store.write_parquet(uri, schema.storable(part.drop_columns([readers.SHARD])))
         summary["shard"].append(key)
         summary["piece"].append(uri)
         summary["rows"].append(part.num_rows)
@@ -170,6 +170,30 @@ def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.
         ("fingerprints", pa.string())]))
 
 
+def _variable_lists(table: pa.Table) -> pa.Table:
+    """Embedding columns as variable-size lists, so pieces stored either way concatenate."""
+    for i, f in enumerate(table.schema):
+        if f.name.endswith("_embedding") and pa.types.is_fixed_size_list(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.float32())))
+    return table
+
+
+def _fixed_lists(table: pa.Table, fingerprints: dict) -> pa.Table:
+    """Back to fixed-size lists of each modality's dimension (schema.storable undoes it for nulls)."""
+    for modality, fp in fingerprints.items():
+        name = schema.embedding_column(modality)
+        if name in table.column_names:
+            column = table.column(name)
+            fixed = pa.list_(pa.float32(), int(fp["dim"]))
+            if column.null_count:
+                column = pc.if_else(column.is_valid(), column, pa.scalar([0.0] * int(fp["dim"]), column.type))
+                column = pc.if_else(table.column(name).is_valid(), column.cast(fixed), pa.nulls(len(column), fixed))
+            else:
+                column = column.cast(fixed)
+            table = table.set_column(table.column_names.index(name), name, column)
+    return table
+
+
 def commit_path(output: str, key: str) -> str:
     return join(output, "embeddings", "_commits", f"{key}.json")
 
@@ -177,7 +201,7 @@ def commit_path(output: str, key: str) -> str:
 def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list[str],
                  expected_rows: int, fingerprints: dict, lineage: dict) -> dict:
     """Merge a shard's staged pieces into its output files, then write its commit record."""
-    tables = [store.read_parquet(p) for p in sorted(pieces)]
+    tables = [_variable_lists(store.read_parquet(p)) for p in sorted(pieces)]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     total = table.num_rows if table is not None else 0
     if total != expected_rows:
@@ -198,7 +222,8 @@ def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list
     }
     meta = {LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True).encode()}
     if ok is not None and ok.num_rows:
-        store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
+        ok = _fixed_lists(ok, fingerprints)
+        store.write_parquet(emb_uri, schema.storable(ok).replace_schema_metadata(meta))
         record["embeddings_file"] = emb_uri
     if bad is not None and bad.num_rows:
         rejects = pa.table({

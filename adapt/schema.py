@@ -36,3 +36,16 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("source", pa.string(), nullable=False),
     ]
 )
+
+
+def storable(table: pa.Table) -> pa.Table:
+    """Make a table safe to write as Parquet.
+
+    A fixed-size list column holding nulls (an optional modality a row lacks) does not read back
+    from Parquet with pyarrow 25 ("Expected all lists to be of size=N"), so such a column is stored
+    as a variable-size list; columns without nulls keep their fixed size.
+    """
+    for i, field in enumerate(table.schema):
+        if pa.types.is_fixed_size_list(field.type) and table.column(i).null_count:
+            table = table.set_column(i, field.name, table.column(i).cast(pa.list_(field.type.value_type)))
+    return table

@@ -1,7 +1,8 @@
 """open_clip image and text towers.
 
 `open_clip:ARCH@PRETRAINED`: PRETRAINED is an open_clip tag, `hf-hub:ORG/REPO`, or a local
-checkpoint file; without it the weights are random, which tests and speed runs use.
+checkpoint file; without it the weights are random, which tests and speed runs use. ARCH may be a
+path to a model config JSON of one's own (`open_clip:/models/my-clip.json@/models/my-clip.pt`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ class OpenClipEncoder(Encoder):
         self.modality = modality
         self.pooling = "clip"
         pretrained = name.pretrained
+        arch = name.model
+        if arch.endswith(".json"):
+            # A model config file of the user's own: register it, then build it by its stem.
+            open_clip.add_model_config(arch)
+            arch = os.path.splitext(os.path.basename(arch))[0]
         if pretrained and pretrained.startswith("hf-hub:"):
             model, _, preprocess = open_clip.create_model_and_transforms(pretrained)
             self._weights = pretrained
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                name.model, pretrained=pretrained
+                arch, pretrained=pretrained
             )
             if pretrained is None:
                 self._weights = "random"
@@ -37,9 +43,8 @@ class OpenClipEncoder(Encoder):
                 self._weights = f"open_clip:{name.model}@{pretrained}"
         self.model = model.eval().to(self.device, self.torch_dtype)
         self.transform = preprocess
-        self.tokenizer = open_clip.get_tokenizer(name.model)
-        self.dim = int(self.model.text_projection.shape[1]) if hasattr(
-            self.model, "text_projection") and self.model.text_projection is not None else self._probe()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.dim = self._probe()
 
     def _probe(self) -> int:
         with torch.inference_mode():

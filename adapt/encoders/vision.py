@@ -8,6 +8,7 @@ mismatch, never half-loaded.
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 
 import numpy as np
@@ -97,7 +98,9 @@ class VisionEncoder(Encoder):
                 raise ValueError("runtime onnx runs on CPU only; use runtime torch on a GPU")
             from adapt.encoders import onnx
 
-            key = f"{name.scheme}-{name.model}-{self._weights.replace(':', '-')[:40]}"
+            # Random weights differ per build, so their export is never reused.
+            tag = self._weights if self._weights != "random" else f"random-{uuid.uuid4().hex}"
+            key = f"{name.scheme}-{name.model}-{tag.replace(':', '-')[:40]}"
             self.model = onnx.OnnxModel(onnx.export(self.model, key, size), torch.get_num_threads())
         with torch.inference_mode():
             probe = torch.zeros(1, 3, size, size, device=self.device, dtype=self.torch_dtype)

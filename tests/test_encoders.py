@@ -1,0 +1,134 @@
+"""The encoder registry and the pure embed core, on tiny random-weight models of real architectures."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from adapt import encoders, readers
+from adapt.config import EncoderSpec
+from adapt.extract import decode_image, embed_batch
+
+
+def png(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,scheme,model,pretrained", [
+    ("open_clip:ViT-B-32@laion2b_s34b_b79k", "open_clip", "ViT-B-32", "laion2b_s34b_b79k"),
+    ("open_clip:ViT-B-32", "open_clip", "ViT-B-32", None),
+    ("hf:sentence-transformers/all-MiniLM-L6-v2", "hf", "sentence-transformers/all-MiniLM-L6-v2", None),
+    ("hf:/models/bert@x", "hf", "/models/bert@x", None),
+    ("timm:efficientnet_lite0@/w/e.pth", "timm", "efficientnet_lite0", "/w/e.pth"),
+    ("minilm-l6", "alias", "minilm-l6", None),
+])
+def test_parse_names(name, scheme, model, pretrained):
+    parsed = encoders.parse_name(name)
+    assert (parsed.scheme, parsed.model, parsed.pretrained) == (scheme, model, pretrained)
+
+
+@pytest.mark.parametrize("bad", ["clip:ViT", "hf:", "open_clip:@x", "nonsense", ""])
+def test_unknown_names_list_valid_forms(bad):
+    with pytest.raises(ValueError) as e:
+        encoders.parse_name(bad)
+    assert "open_clip:ARCH" in str(e.value) or "names no architecture" in str(e.value)
+
+
+def test_modality_mismatch_is_refused():
+    with pytest.raises(ValueError, match="cannot embed text"):
+        encoders.check_modality(encoders.parse_name("timm:resnet18"), "text")
+
+
+def test_hf_text_encoder_pools_and_normalises(tiny_models):
+    enc = encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}", pooling="mean"), "text")
+    x = enc.embed(["the cat", "a red dog smile", "the cat"])
+    assert x.shape == (3, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(x[0], x[2], atol=1e-6)  # padding must not change a row's embedding
+    alone = enc.embed(["the cat"])
+    np.testing.assert_allclose(alone[0], x[0], atol=1e-5)
+    fp = enc.fingerprint()
+    assert fp["weights"].startswith("sha256:") and fp["pooling"] == "mean" and fp["dim"] == 32
+
+
+@pytest.mark.parametrize("pooling", ["cls", "last"])
+def test_hf_text_other_poolings(tiny_models, pooling):
+    spec = EncoderSpec(name=f"hf:{tiny_models['bert']}", pooling=pooling, normalize=False)
+    enc = encoders.build_encoder(spec, "text")
+    x = enc.embed(["the cat", "a red dog smile"])
+    assert x.shape == (2, 32) and not np.allclose(np.linalg.norm(x, axis=1), 1.0)
+
+
+def test_hf_vision_encoder(tiny_models):
+    enc = encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['vit']}"), "image")
+    imgs = [decode_image(png()), decode_image(png((0, 0, 255), (64, 64)))]
+    x = enc.embed(imgs)
+    assert x.shape == (2, 32)
+    assert not np.allclose(x[0], x[1])
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_open_clip_towers_from_a_config_file(tiny_models, modality):
+    enc = encoders.build_encoder(EncoderSpec(name=f"open_clip:{tiny_models['clip']}"), modality)
+    items = [decode_image(png()), decode_image(png((9, 9, 9)))] if modality == "image" else ["a cat", "a dog"]
+    x = enc.embed(items)
+    assert x.shape == (2, 16) and enc.fingerprint()["weights"] == "random"
+
+
+def test_timm_onnx_matches_torch():
+    """The ONNX route is faithful: same features as eager torch, to float32 rounding."""
+    name = "efficientnet-lite0"
+    torch_enc = encoders.build_encoder(EncoderSpec(name=name, runtime="torch"), "image")
+    onnx_enc = encoders.build_encoder(EncoderSpec(name=name, runtime="onnx"), "image")
+    imgs = [decode_image(png((i * 40, 90, 200 - i * 30), (50 + i, 70))) for i in range(3)]
+    a, b = torch_enc.embed(imgs), onnx_enc.embed(imgs)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert onnx_enc.fingerprint()["runtime"] == "onnx" and a.shape == (3, 1280)
+
+
+def test_decode_image_composites_transparency_on_white():
+    img = decode_image(png((0, 0, 0, 0), (8, 8), mode="RGBA"))
+    assert img.mode == "RGB" and img.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_embed_batch_rejects_bad_rows_and_keeps_all(tiny_models):
+    encs = {
+        "text": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}"), "text"),
+        "image": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['vit']}"), "image"),
+    }
+    good = png()
+    table = pa.table({
+        "id": ["ok", "corrupt", "truncated", "empty", "noimg", "readerr"],
+        "text": ["the cat", "a dog", "a dog", "   ", "the sun", "moon"],
+        "image": [good, b"not an image", good[: len(good) // 2], good, None, good],
+        "label": ["x", "y", "y", "x", "x", "y"],
+        readers.ERROR: [None, None, None, None, None, "missing image file: a.png"],
+        readers.SHARD: ["s"] * 6,
+    })
+    out = embed_batch(encs, table, required=["image", "text"])
+    assert out.num_rows == 6
+    errors = dict(zip(out.column("id").to_pylist(), out.column(readers.ERROR).to_pylist(), strict=True))
+    assert errors["ok"] is None
+    assert errors["corrupt"].startswith("corrupt image")
+    assert errors["truncated"].startswith("corrupt image")
+    assert errors["empty"] == "empty text"
+    assert errors["noimg"] == "missing image"
+    assert errors["readerr"] == "missing image file: a.png"
+    emb = out.column("image_embedding").to_pylist()
+    assert emb[0] is not None and len(emb[0]) == 32 and all(e is None for e in emb[1:])
+
+
+def test_optional_modality_missing_is_not_a_reject(tiny_models):
+    encs = {"text": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}"), "text"),
+            "image": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['vit']}"), "image")}
+    table = pa.table({"id": ["a"], "text": ["the cat"], "image": pa.array([None], pa.binary()),
+                      readers.SHARD: ["s"]})
+    out = embed_batch(encs, table, required=["text"])
+    assert out.column(readers.ERROR).to_pylist() == [None]
+    assert out.column("image_embedding").to_pylist() == [None]

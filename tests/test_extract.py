@@ -1,0 +1,143 @@
+"""The extract stage on a real local Ray, reading from and writing to a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from adapt.config import load_config
+from adapt.embeddings import load_embeddings
+from adapt.extract import RejectBudgetExceeded, run_extract
+from adapt.readers import CorpusError
+from adapt.storage import Storage, join
+from tests import corpus_fixtures as cf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_config(corpus, output, tiny, endpoint=None, **extract):
+    data = {
+        "corpus": corpus, "output": output,
+        "encoders": {"text": f"hf:{tiny['bert']}", "image": f"hf:{tiny['vit']}"},
+        "extract": {"batch_size": 8, "max_reject_fraction": 0.5, **extract},
+    }
+    if endpoint:
+        data["storage"] = {"endpoint_url": endpoint}
+    return load_config(data=data)
+
+
+def output_rows(store, output):
+    ids = []
+    for sub in ("embeddings", "rejects"):
+        for f in store.list_files(join(output, sub), (".parquet",)):
+            ids += store.read_parquet(f, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "parquet-paths", "webdataset", "folder-jsonl", "folder-csv"])
+def test_extract_each_format_on_s3(fmt, s3_bucket, moto_server, ray_local, tiny_models):
+    store = Storage(load_config(data={"corpus": "x", "output": "y", "encoders": {"text": "minilm-l6"},
+                                      "storage": {"endpoint_url": moto_server}}).storage)
+    corpus, output = f"{s3_bucket}/corpus", f"{s3_bucket}/run"
+    n = cf.write_corpus(store, corpus, fmt)
+    result = run_extract(make_config(corpus, output, tiny_models, moto_server), store)
+
+    assert result.input_rows == n and result.embedded + result.rejected == n
+    ids = output_rows(store, output)
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == n  # every row exactly once
+    rejects = {}
+    for f in store.list_files(join(output, "rejects"), (".parquet",)):
+        t = store.read_parquet(f)
+        rejects.update(zip(t.column("id").to_pylist(), t.column("reason").to_pylist(), strict=True))
+    for rid, reason in cf.BAD.items():
+        assert rejects[rid].startswith(reason)
+    if fmt.startswith("folder"):
+        assert rejects["r-missing"] == "missing image file: img/absent.png"
+
+    emb = load_embeddings(store, output)
+    assert emb.features["text"].shape == (result.embedded, 32)
+    assert emb.features["image"].shape == (result.embedded, 32)
+    files = store.list_files(join(output, "embeddings"), (".parquet",))
+    meta = pq.ParquetFile(store.fs(files[0]).open(store.strip(files[0]))).schema_arrow.metadata
+    assert b"adapt.lineage" in meta
+    field = pq.read_schema(store.fs(files[0]).open(store.strip(files[0]))).field("text_embedding")
+    assert pa.types.is_fixed_size_list(field.type) and field.type.list_size == 32
+    assert field.type.value_type == pa.float32()
+
+
+def test_rerun_writes_nothing_new(tmp_path, ray_local, tiny_models):
+    store = Storage()
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
+    cf.write_corpus(store, corpus, "parquet", n=20, n_shards=2)
+    cfg = make_config(corpus, output, tiny_models)
+    first = run_extract(cfg, store)
+    before = {f: os.stat(f).st_mtime_ns for f in store.list_files(output)}
+    second = run_extract(cfg, store)
+    after = {f: os.stat(f).st_mtime_ns for f in store.list_files(output)}
+    assert second.skipped_shards == second.shards == 2
+    assert (second.embedded, second.rejected) == (first.embedded, first.rejected)
+    assert before == after  # no shard file rewritten (only the manifest, which is hidden)
+
+
+def test_reject_budget_stops_the_job(tmp_path, ray_local, tiny_models):
+    store = Storage()
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
+    cf.write_corpus(store, corpus, "parquet", n=6, n_shards=1)
+    with pytest.raises(RejectBudgetExceeded, match="2 of 8 rows rejected"):
+        run_extract(make_config(corpus, output, tiny_models, max_reject_fraction=0.1), store)
+
+
+def test_missing_columns_and_empty_corpus_are_clear(tmp_path, ray_local, tiny_models):
+    import pyarrow as pa
+
+    store = Storage()
+    with pytest.raises(CorpusError, match="no corpus found"):
+        run_extract(make_config(str(tmp_path / "nothing"), str(tmp_path / "o"), tiny_models), store)
+    (tmp_path / "c").mkdir()
+    pq.write_table(pa.table({"name": ["a"], "text": ["x"]}), tmp_path / "c" / "p.parquet")
+    with pytest.raises(Exception, match="has no `id` column"):
+        run_extract(make_config(str(tmp_path / "c"), str(tmp_path / "o2"), tiny_models), store)
+
+
+def _write_yaml(path, cfg):
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_killed_run_resumes_with_every_row_once(tmp_path, tiny_models):
+    """kill -9 the driver (and its local Ray) after the first shard commits, then run again."""
+    store = Storage()
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
+    n = cf.write_corpus(store, corpus, "parquet", n=120, n_shards=6)
+    cfg = make_config(corpus, output, tiny_models, shards_per_wave=1, batch_size=4)
+    cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"num_cpus": 2, "object_store_memory_mb": 200})})
+    path = _write_yaml(tmp_path / "job.yaml", cfg)
+    cmd = [sys.executable, str(REPO / "jobs" / "extract.py"), "--config", str(path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    commits = Path(output) / "embeddings" / "_commits"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(commits.iterdir()))
+    assert 1 <= done_before < 6, "kill landed mid-run"
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    ids = output_rows(store, output)
+    assert len(ids) == n and len(set(ids)) == n
+    manifest = store.read_json(join(output, "embeddings", "_manifest.json"))
+    assert manifest["complete"] and manifest["input_rows"] == n
+    assert not store.exists(join(output, "embeddings", "_staging")) or not store.list_files(
+        join(output, "embeddings", "_staging"))
