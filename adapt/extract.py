@@ -35,7 +35,7 @@ from adapt.storage import Storage, join
 
 log = logging.getLogger("adapt.extract")
 
-FINGERPRINT = "_fingerprint"
+META = "_meta"
 LINEAGE_KEY = b"adapt.lineage"
 # Largest decoded image we accept, in pixels: a guard against decompression bombs (about 16k x 16k).
 MAX_IMAGE_PIXELS = 268_435_456
@@ -78,12 +78,15 @@ def _prepare(modality: str, value):
         return None, f"corrupt image: {type(e).__name__}: {e}"[:300]
 
 
-def embed_batch(encoders: dict, table: pa.Table, required: list[str]) -> pa.Table:
+def embed_batch(encoders: dict, table: pa.Table, required: list[str],
+                timings: dict | None = None) -> pa.Table:
     """Embed one batch. Returns every input row: embeddings where possible, `_error` otherwise.
 
     A row is rejected when it already carries a read error, when a required modality is missing,
     empty or corrupt. An optional modality that is missing leaves its embedding null.
+    `timings`, when given, accumulates seconds for decode, preprocess and forward.
     """
+    t_decode = time.perf_counter()
     n = table.num_rows
     errors = table.column(readers.ERROR).to_pylist() if readers.ERROR in table.column_names else [None] * n
     items: dict[str, list] = {}
@@ -99,11 +102,13 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str]) -> pa.Tabl
                 errors[i] = reason  # a present-but-bad value is an error even when optional
             prepared.append(item)
         items[modality] = prepared
+    if timings is not None:
+        timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t_decode
     out = {c: table.column(c) for c in table.column_names
            if c.startswith(schema.LABEL) or c in (schema.ID, schema.SPLIT, readers.SHARD)}
     for modality, encoder in sorted(encoders.items()):
         rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
-        vectors = encoder.embed([items[modality][i] for i in rows])
+        vectors = encoder.embed([items[modality][i] for i in rows], timings)
         if not np.all(np.isfinite(vectors)):
             bad = {rows[j] for j in np.where(~np.isfinite(vectors).all(axis=1))[0]}
             for i in bad:
@@ -142,8 +147,11 @@ class EmbedWorker:
                                        sort_keys=True)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        out = embed_batch(self.encoders, table, self.required)
-        return out.append_column(FINGERPRINT, pa.array([self.fingerprints] * out.num_rows, pa.string()))
+        timings: dict[str, float] = {}
+        out = embed_batch(self.encoders, table, self.required, timings)
+        # One JSON cell per batch (the first row) carries fingerprints and timings to the writer.
+        meta = json.dumps({"fingerprints": self.fingerprints, "timings": timings})
+        return out.append_column(META, pa.array([meta] + [None] * (out.num_rows - 1), pa.string()))
 
 
 # -- storage -------------------------------------------------------------------------------------
@@ -155,8 +163,14 @@ def staging_dir(output: str) -> str:
 def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.Table:
     """Write one embedded batch to staging, split by input shard; return a summary row per piece."""
     summary = defaultdict(list)
-    fingerprints = table.column(FINGERPRINT)[0].as_py() if table.num_rows else "{}"
-    table = table.drop_columns([FINGERPRINT])
+    t0 = time.perf_counter()
+    metas = [json.loads(m) for m in table.column(META).to_pylist() if m]
+    fingerprints = json.dumps(json.loads(metas[0]["fingerprints"]) if metas else {})
+    timings: dict[str, float] = defaultdict(float)
+    for m in metas:
+        for k, v in m["timings"].items():
+            timings[k] += v
+    table = table.drop_columns([META])
     for key in sorted(set(table.column(readers.SHARD).to_pylist())):
         part = table.filter(pc.equal(table.column(readers.SHARD), key))
         uri = join(staging_dir(output), wave, key, f"{uuid.uuid4().hex}.parquet")
@@ -165,9 +179,12 @@ def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.
         summary["piece"].append(uri)
         summary["rows"].append(part.num_rows)
         summary["fingerprints"].append(fingerprints)
+    timings["write_s"] += time.perf_counter() - t0
+    # Batch timings ride on the first piece's row only, so they add up once.
+    summary["timings"] = [json.dumps(timings)] + [None] * (len(summary["shard"]) - 1)
     return pa.table(dict(summary), schema=pa.schema([
         ("shard", pa.string()), ("piece", pa.string()), ("rows", pa.int64()),
-        ("fingerprints", pa.string())]))
+        ("fingerprints", pa.string()), ("timings", pa.string())]))
 
 
 def _variable_lists(table: pa.Table) -> pa.Table:
@@ -326,13 +343,15 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
         )
         summary = ds.to_arrow_refs()
         pieces = pa.concat_tables(ray.get(summary)) if summary else pa.table({})
-        timings["embed_s"] += time.perf_counter() - t_wave
+        timings["pipeline_s"] += time.perf_counter() - t_wave
         t_commit = time.perf_counter()
         by_shard = defaultdict(list)
         fingerprints = {}
         for row in pieces.to_pylist():
             by_shard[row["shard"]].append(row["piece"])
             fingerprints = json.loads(row["fingerprints"])
+            for k, v in json.loads(row["timings"] or "{}").items():
+                timings[k] += v
         expected = ray.get(expected_refs)
         records = ray.get([
             commit_task.remote(store, config.output, s, by_shard.get(s.key, []), n, fingerprints, lineage)

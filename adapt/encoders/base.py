@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -123,9 +124,19 @@ class Encoder:
         x = out.float().cpu().numpy()
         return l2_normalize(x) if self.spec.normalize else x
 
-    def embed(self, items: list) -> np.ndarray:
-        """Embed a list of decoded items (PIL images or strings) in one forward pass."""
+    def embed(self, items: list, timings: dict | None = None) -> np.ndarray:
+        """Embed a list of decoded items (PIL images or strings) in one forward pass.
+
+        `timings`, when given, accumulates seconds spent in `preprocess_s` and `forward_s`.
+        """
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
-            return self.forward(self.preprocess(items)).astype(np.float32, copy=False)
+            t0 = time.perf_counter()
+            inputs = self.preprocess(items)
+            t1 = time.perf_counter()
+            out = self.forward(inputs).astype(np.float32, copy=False)
+        if timings is not None:
+            timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + t1 - t0
+            timings["forward_s"] = timings.get("forward_s", 0.0) + time.perf_counter() - t1
+        return out

@@ -86,13 +86,14 @@ class VisionEncoder(Encoder):
             mean, std = mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225)
             crop_pct = 0.875
         self.model = model.eval().to(self.device, self.torch_dtype)
-        self.model = self.model.to(memory_format=torch.channels_last)
         self.size, self.mean, self.std, self.crop_pct = size, tuple(mean), tuple(std), crop_pct
-        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.std).view(1, 3, 1, 1)
+        self._scale = (1.0 / (255.0 * torch.tensor(self.std))).view(1, 3, 1, 1)
+        self._shift = (-torch.tensor(self.mean) / torch.tensor(self.std)).view(1, 3, 1, 1)
         self.runtime = spec.runtime
         if self.runtime == "auto":
             self.runtime = "onnx" if self.device == "cpu" else "torch"
+        if self.runtime == "torch":
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.runtime == "onnx":
             if self.device != "cpu":
                 raise ValueError("runtime onnx runs on CPU only; use runtime torch on a GPU")
@@ -121,28 +122,37 @@ class VisionEncoder(Encoder):
 
     def preprocess_description(self) -> str:
         resize = int(round(self.size / self.crop_pct))
-        return (f"rgb; resize shorter side {resize} bicubic; center crop {self.size}; "
+        return (f"rgb; resize shorter side {resize} bicubic and center crop {self.size} in one pass; "
                 f"mean {self.mean}; std {self.std}")
 
+    def crop_box(self, w: int, h: int) -> tuple[float, float, float, float]:
+        """The source region that 'resize shorter side to size/crop_pct, center crop size' keeps."""
+        resize = self.size / self.crop_pct
+        side = self.size * min(w, h) / resize  # the crop's side, in source pixels
+        left, top = (w - side) / 2, (h - side) / 2
+        return (left, top, left + side, top + side)
+
     def preprocess(self, items) -> torch.Tensor:
-        """PIL images -> normalised float tensor [B, 3, size, size] (channels-last)."""
+        """PIL images -> normalised float tensor [B, 3, size, size].
+
+        Resize and center crop happen in one resampling pass over the kept region (PIL's `box`),
+        which equals resize-then-crop up to edge rounding and costs a third of it for small inputs.
+        """
         from PIL import Image
 
-        resize = int(round(self.size / self.crop_pct))
-        arrays = []
-        for img in items:
+        # Channels-first while still uint8: transposing floats costs four times the bytes.
+        batch = np.empty((len(items), 3, self.size, self.size), dtype=np.uint8)
+        for i, img in enumerate(items):
             img = img.convert("RGB")
-            w, h = img.size
-            scale = resize / min(w, h)
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                             Image.Resampling.BICUBIC)
-            w, h = img.size
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-            img = img.crop((left, top, left + self.size, top + self.size))
-            arrays.append(np.asarray(img, dtype=np.uint8))
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self._mean) / self._std
-        return x.contiguous(memory_format=torch.channels_last).to(self.device, self.torch_dtype)
+            resized = img.resize((self.size, self.size), Image.Resampling.BICUBIC,
+                                 box=self.crop_box(*img.size))
+            batch[i] = np.asarray(resized).transpose(2, 0, 1)
+        x = torch.from_numpy(batch).float()
+        # (x / 255 - mean) / std as one multiply-add per channel.
+        x = x.mul_(self._scale).add_(self._shift)
+        if self.runtime == "torch":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.to(self.device, self.torch_dtype)
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
         out = self.model(x)

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that time a stage and print the figures (`make bench`); not tests."""
