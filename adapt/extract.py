@@ -83,18 +83,21 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str],
     """Embed one batch. Returns every input row: embeddings where possible, `_error` otherwise.
 
     A row is rejected when it already carries a read error, when a required modality is missing,
-    empty or corrupt. An optional modality that is missing leaves its embedding null.
+    empty or corrupt. An optional modality that is missing leaves its embedding null. Rows marked
+    reusable (unchanged since the last run) are passed through unembedded; the commit copies theirs.
     `timings`, when given, accumulates seconds for decode, preprocess and forward.
     """
     t_decode = time.perf_counter()
     n = table.num_rows
     errors = table.column(readers.ERROR).to_pylist() if readers.ERROR in table.column_names else [None] * n
+    reuse = (table.column(readers.REUSE).to_pylist() if readers.REUSE in table.column_names
+             else [False] * n)
     items: dict[str, list] = {}
     for modality in sorted(encoders):
         column = table.column(modality).to_pylist() if modality in table.column_names else [None] * n
         prepared = []
         for i, value in enumerate(column):
-            if errors[i] is not None:
+            if errors[i] is not None or reuse[i]:
                 prepared.append(None)
                 continue
             item, reason = _prepare(modality, value)
@@ -104,8 +107,8 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str],
         items[modality] = prepared
     if timings is not None:
         timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t_decode
-    out = {c: table.column(c) for c in table.column_names
-           if c.startswith(schema.LABEL) or c in (schema.ID, schema.SPLIT, readers.SHARD)}
+    keep = (schema.ID, schema.SPLIT, schema.CONTENT_HASH, readers.SHARD, readers.REUSE)
+    out = {c: table.column(c) for c in table.column_names if c.startswith(schema.LABEL) or c in keep}
     for modality, encoder in sorted(encoders.items()):
         rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
         vectors = encoder.embed([items[modality][i] for i in rows], timings)
@@ -118,9 +121,8 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str],
         valid = np.zeros(n, dtype=bool)
         valid[rows] = True
         flat = pa.array(full.reshape(-1), pa.float32())
-        fsl = pa.FixedSizeListArray.from_arrays(flat, encoder.dim)
-        mask = pa.array(~valid)
-        out[schema.embedding_column(modality)] = pc.if_else(mask, pa.nulls(n, fsl.type), fsl)
+        out[schema.embedding_column(modality)] = pa.FixedSizeListArray.from_arrays(
+            flat, encoder.dim, mask=pa.array(~valid))
     out[readers.ERROR] = pa.array(errors, pa.string())
     return pa.table(out)
 
@@ -196,19 +198,32 @@ def _variable_lists(table: pa.Table) -> pa.Table:
 
 
 def _fixed_lists(table: pa.Table, fingerprints: dict) -> pa.Table:
-    """Back to fixed-size lists of each modality's dimension (schema.storable undoes it for nulls)."""
+    """Embedding columns back to fixed-size lists of each modality's dimension."""
     for modality, fp in fingerprints.items():
         name = schema.embedding_column(modality)
         if name in table.column_names:
-            column = table.column(name)
             fixed = pa.list_(pa.float32(), int(fp["dim"]))
-            if column.null_count:
-                column = pc.if_else(column.is_valid(), column, pa.scalar([0.0] * int(fp["dim"]), column.type))
-                column = pc.if_else(table.column(name).is_valid(), column.cast(fixed), pa.nulls(len(column), fixed))
-            else:
-                column = column.cast(fixed)
-            table = table.set_column(table.column_names.index(name), name, column)
+            column = table.column(name).combine_chunks()
+            # Cast the valid rows only: a null entry has no values to fill a fixed size.
+            values = column.flatten()
+            fsl = pa.FixedSizeListArray.from_arrays(values, int(fp["dim"]), mask=column.is_null()) \
+                if column.null_count else column.cast(fixed)
+            table = table.set_column(table.column_names.index(name), name, fsl)
     return table
+
+
+def _copy_reused(rows: pa.Table, previous: pa.Table | None, modalities: list[str]) -> pa.Table:
+    """Fill the embeddings of unchanged rows from the shard's previous output (matched by id)."""
+    if previous is None or rows.num_rows == 0:
+        raise RuntimeError("rows were marked reusable but the previous output is gone; re-run")
+    position = {i: k for k, i in enumerate(previous.column(schema.ID).to_pylist())}
+    take = pa.array([position[i] for i in rows.column(schema.ID).to_pylist()], pa.int64())
+    for modality in modalities:
+        name = schema.embedding_column(modality)
+        if name in rows.column_names:
+            rows = rows.set_column(rows.column_names.index(name), name,
+                                   previous.column(name).take(take))
+    return rows
 
 
 def commit_path(output: str, key: str) -> str:
@@ -216,8 +231,10 @@ def commit_path(output: str, key: str) -> str:
 
 
 def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list[str],
-                 expected_rows: int, fingerprints: dict, lineage: dict) -> dict:
+                 expected_rows: int, fingerprints: dict, lineage: dict, signature: dict) -> dict:
     """Merge a shard's staged pieces into its output files, then write its commit record."""
+    emb_uri = join(output, "embeddings", f"{shard.key}.parquet")
+    rej_uri = join(output, "rejects", f"{shard.key}.parquet")
     tables = [_variable_lists(store.read_parquet(p)) for p in sorted(pieces)]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     total = table.num_rows if table is not None else 0
@@ -226,31 +243,44 @@ def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list
             f"shard {shard.key}: {total} rows came through the pipeline but the input has "
             f"{expected_rows}; nothing was committed for it, re-run to redo it"
         )
-    failed = pc.is_valid(table.column(readers.ERROR)) if table is not None else None
-    ok = table.filter(pc.invert(failed)).drop_columns([readers.ERROR]) if table is not None else None
-    bad = table.filter(failed) if table is not None else None
-    emb_uri = join(output, "embeddings", f"{shard.key}.parquet")
-    rej_uri = join(output, "rejects", f"{shard.key}.parquet")
     record = {
-        "shard": shard.key, "source": shard.uri, "input_rows": expected_rows,
-        "embedded": ok.num_rows if ok is not None else 0,
-        "rejected": bad.num_rows if bad is not None else 0,
-        "fingerprints": fingerprints, "committed_at": datetime.now(UTC).isoformat(),
+        "shard": shard.key, "source": shard.uri, "source_signature": signature,
+        "encoders_id": lineage["encoders_id"], "input_rows": expected_rows, "embedded": 0,
+        "newly_embedded": 0, "reused": 0, "rejected": 0, "fingerprints": fingerprints,
     }
-    meta = {LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True).encode()}
-    if ok is not None and ok.num_rows:
-        ok = _fixed_lists(ok, fingerprints)
-        store.write_parquet(emb_uri, schema.storable(ok).replace_schema_metadata(meta))
-        record["embeddings_file"] = emb_uri
-    if bad is not None and bad.num_rows:
-        rejects = pa.table({
-            schema.ID: bad.column(schema.ID),
-            schema.REASON: bad.column(readers.ERROR),
-            schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
-            "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
-        }, schema=schema.REJECTS_SCHEMA)
-        store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
-        record["rejects_file"] = rej_uri
+    if table is not None and total:
+        failed = table.column(readers.ERROR).is_valid()
+        reused = pc.and_(pc.invert(failed), pc.fill_null(table.column(readers.REUSE), False)) \
+            if readers.REUSE in table.column_names else pa.array([False] * total)
+        fresh = table.filter(pc.and_(pc.invert(failed), pc.invert(reused)))
+        again = table.filter(reused)
+        if again.num_rows:
+            previous = _variable_lists(store.read_parquet(emb_uri)) if store.exists(emb_uri) else None
+            again = _copy_reused(again, previous, sorted(fingerprints))
+        drop = [c for c in (readers.ERROR, readers.REUSE) if c in table.column_names]
+        ok = pa.concat_tables([fresh.drop_columns(drop), again.drop_columns(drop)])
+        bad = table.filter(failed)
+        record.update(embedded=ok.num_rows, newly_embedded=fresh.num_rows, reused=again.num_rows,
+                      rejected=bad.num_rows)
+        meta = {LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True, default=str).encode()}
+        if ok.num_rows:
+            ok = schema.storable(_fixed_lists(ok, fingerprints))
+            store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
+            record["embeddings_file"] = emb_uri
+        else:
+            store.delete(emb_uri)
+        if bad.num_rows:
+            rejects = pa.table({
+                schema.ID: bad.column(schema.ID),
+                schema.REASON: bad.column(readers.ERROR),
+                schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
+                "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
+            }, schema=schema.REJECTS_SCHEMA)
+            store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
+            record["rejects_file"] = rej_uri
+        else:
+            store.delete(rej_uri)
+    record["committed_at"] = datetime.now(UTC).isoformat()
     store.write_json(commit_path(output, shard.key), record)  # last: the shard is now done
     return record
 
@@ -267,6 +297,8 @@ class ExtractResult:
     rejected: int
     wall_s: float
     manifest: str
+    embedded_now: int = 0  # rows run through the encoders by this run (not copied, not skipped)
+    encoders_id: str = ""
     fingerprints: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -276,7 +308,7 @@ class ExtractResult:
         return (
             f"extract: {self.input_rows} rows from {self.shards} shards "
             f"({self.skipped_shards} already done) in {self.wall_s:.1f} s\n"
-            f"  embedded {self.embedded}, rejected {self.rejected}\n"
+            f"  embedded {self.embedded} ({self.embedded_now} by this run), rejected {self.rejected}\n"
             f"  embeddings: {self.output}  [{dims}]\n"
             f"  manifest:   {self.manifest}"
         )
@@ -306,16 +338,26 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     ext = config.extract
     store.check_writable(config.output)
     shards = readers.list_shards(store, config.corpus, ext.format, ext.manifest)
-    committed = {s.key for s in shards if store.exists(commit_path(config.output, s.key))}
+    encoders_id = encoders_fingerprint_id(config)
+    check_same_encoders(store, config.output, encoders_id)
+    signatures = {s.key: readers.source_signature(store, s) for s in shards}
+    records = {s.key: store.read_json_or_none(commit_path(config.output, s.key)) for s in shards}
+    committed = {k for k, r in records.items()
+                 if r and r.get("source_signature") == signatures[k] and r.get("encoders_id") == encoders_id}
     pending = [s for s in shards if s.key not in committed]
-    log.info("extract: %d shards, %d already committed, %d to do", len(shards), len(committed),
-             len(pending))
-    _clean_uncommitted(store, config.output, pending)
+    # A shard whose source changed keeps its previous output until the new one replaces it: the
+    # rows whose id and content hash are unchanged are copied from it, not embedded again.
+    previous = {s.key: join(config.output, "embeddings", f"{s.key}.parquet")
+                for s in pending if records[s.key] and records[s.key].get("embeddings_file")}
+    log.info("extract: %d shards, %d already committed, %d to do (%d changed)", len(shards),
+             len(committed), len(pending), len(previous))
+    _clean_uncommitted(store, config.output, [s for s in pending if s.key not in previous])
     init_ray(config.ray)
     lineage = {"corpus": config.corpus, "config": config.model_dump(mode="json"),
-               "adapt_version": adapt_version}
+               "adapt_version": adapt_version, "encoders_id": encoders_id}
     threads = ext.torch_threads or max(1, int(ext.num_cpus_per_worker))
     timings = defaultdict(float)
+    embedded_now = 0
     commit_task = ray.remote(num_cpus=0.25)(commit_shard)
     count_task = ray.remote(num_cpus=0.25)(readers.count_rows)
     for w in range(0, len(pending), ext.shards_per_wave):
@@ -327,7 +369,7 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
         ds = ray.data.from_items([{"i": i} for i in range(len(wave_shards))],
                                  override_num_blocks=len(wave_shards))
         ds = ds.map_batches(
-            _read_shards_fn, fn_kwargs={"store": store, "shards": wave_shards,
+            _read_shards_fn, fn_kwargs={"store": store, "shards": wave_shards, "previous": previous,
                                         "corpus": config.corpus, "max_rows": ext.max_rows_per_shard},
             batch_size=1, batch_format="pyarrow", num_cpus=0.25,
         )
@@ -349,14 +391,16 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
         fingerprints = {}
         for row in pieces.to_pylist():
             by_shard[row["shard"]].append(row["piece"])
-            fingerprints = json.loads(row["fingerprints"])
+            fingerprints = json.loads(row["fingerprints"]) or fingerprints
             for k, v in json.loads(row["timings"] or "{}").items():
                 timings[k] += v
         expected = ray.get(expected_refs)
         records = ray.get([
-            commit_task.remote(store, config.output, s, by_shard.get(s.key, []), n, fingerprints, lineage)
+            commit_task.remote(store, config.output, s, by_shard.get(s.key, []), n, fingerprints,
+                               lineage, signatures[s.key])
             for s, n in zip(wave_shards, expected, strict=True)
         ])
+        embedded_now += sum(r["newly_embedded"] for r in records)
         store.delete(join(staging_dir(config.output), wave), recursive=True)
         timings["commit_s"] += time.perf_counter() - t_commit
         _check_budget(store, config, shards)
@@ -366,14 +410,42 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     return ExtractResult(
         output=join(config.output, "embeddings"), shards=len(shards), skipped_shards=len(committed),
         input_rows=totals["input_rows"], embedded=totals["embedded"], rejected=totals["rejected"],
-        wall_s=time.perf_counter() - t0, manifest=manifest_uri,
-        fingerprints=totals["fingerprints"], timings=dict(timings),
+        wall_s=time.perf_counter() - t0, manifest=manifest_uri, embedded_now=embedded_now,
+        encoders_id=encoders_id, fingerprints=totals["fingerprints"], timings=dict(timings),
     )
 
 
-def _read_shards_fn(batch: pa.Table, store: Storage, shards: list, corpus: str, max_rows):
+def _read_shards_fn(batch: pa.Table, store: Storage, shards: list, previous: dict, corpus: str,
+                    max_rows):
     for i in batch.column("i").to_pylist():
-        yield from readers.read_shard(store, shards[i], corpus, max_rows)
+        shard = shards[i]
+        known: dict[str, str] = {}
+        if shard.key in previous and store.exists(previous[shard.key]):
+            old = store.read_parquet(previous[shard.key])
+            if schema.CONTENT_HASH in old.column_names:
+                known = dict(zip(old.column(schema.ID).to_pylist(),
+                                 old.column(schema.CONTENT_HASH).to_pylist(), strict=True))
+        for table in readers.read_shard(store, shard, corpus, max_rows):
+            yield readers.mark_reusable(table, known)
+
+
+def encoders_fingerprint_id(config: Config) -> str:
+    """Identity of the configured encoders, known before any model loads."""
+    from adapt.encoders import static_fingerprint
+    from adapt.encoders.base import fingerprint_id
+
+    return fingerprint_id({m: static_fingerprint(spec, m) for m, spec in sorted(config.encoders.items())})
+
+
+def check_same_encoders(store: Storage, output: str, encoders_id: str) -> None:
+    """Refuse to mix embeddings of different encoders (or encoder settings) in one folder."""
+    manifest = store.read_json_or_none(join(output, "embeddings", "_manifest.json"))
+    if manifest and manifest.get("encoders_id") not in (None, encoders_id):
+        raise ValueError(
+            f"{join(output, 'embeddings')} holds embeddings of other encoders or settings "
+            f"(id {manifest['encoders_id']}, now {encoders_id}); write to a new `output`, or use "
+            "`adapt nightly`, which keeps one folder per encoder version"
+        )
 
 
 def _records(store: Storage, output: str, shards: list[readers.Shard]) -> list[dict]:
@@ -397,12 +469,13 @@ def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], 
     records = _records(store, config.output, shards)
     if len(records) != len(shards):
         raise RuntimeError(f"{len(shards) - len(records)} shards are not committed; re-run extract")
-    fingerprints = records[0]["fingerprints"] if records else {}
+    fingerprints = next((r["fingerprints"] for r in records if r["fingerprints"]), {})
     totals = {
         "input_rows": sum(r["input_rows"] for r in records),
         "embedded": sum(r["embedded"] for r in records),
         "rejected": sum(r["rejected"] for r in records),
         "fingerprints": fingerprints,
+        "encoders_id": lineage["encoders_id"],
     }
     manifest = {
         **lineage, **totals, "complete": True, "shards": records,

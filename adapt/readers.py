@@ -11,6 +11,7 @@ missing) carries its reason in `_error` and ends up in the rejects, never silent
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import posixpath
@@ -34,6 +35,7 @@ MANIFEST_ROWS_PER_SHARD = 2048
 
 SHARD = "_shard"  # carried through the pipeline: which input shard a row came from
 ERROR = "_error"  # a reason when the row could not be read whole
+REUSE = "_reuse"  # true when the row's embeddings can be copied from the previous output
 
 
 class CorpusError(ValueError):
@@ -140,6 +142,7 @@ def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
         for k in cols:
             cols[k].append(r.get(k))
     cols[SHARD] = [shard.key] * len(rows)
+    cols[schema.CONTENT_HASH] = [content_hash(r) for r in rows]
     types = {schema.ID: pa.string(), schema.TEXT: pa.string(), schema.IMAGE: pa.binary(),
              ERROR: pa.string(), SHARD: pa.string(), schema.SPLIT: pa.string()}
     arrays = {}
@@ -150,6 +153,36 @@ def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
         else:
             arrays[k] = pa.array(v, types.get(k, pa.string()))
     return pa.table(arrays)
+
+
+def content_hash(row: dict) -> str:
+    """A row's identity for incremental runs: its id, text and image bytes (not its labels)."""
+    digest = hashlib.sha256()
+    for part in (row.get(schema.ID), row.get(schema.TEXT)):
+        data = b"\x00" if part is None else b"\x01" + str(part).encode()
+        digest.update(len(data).to_bytes(8, "little") + data)
+    image = row.get(schema.IMAGE)
+    data = b"\x00" if image is None else b"\x01" + bytes(image)
+    digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()[:32]
+
+
+def source_signature(store: Storage, shard: Shard) -> dict:
+    """What changes when a shard's source changes: size plus ETag or modification time."""
+    info = store.fs(shard.uri).info(store.strip(shard.uri))
+    stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    sig = {"size": int(info.get("size") or 0), "stamp": str(stamp)}
+    if shard.format == "folder":
+        sig["rows"] = [shard.start, shard.stop]
+    return sig
+
+
+def mark_reusable(table: pa.Table, previous: dict[str, str]) -> pa.Table:
+    """Flag rows whose (id, content hash) equals a row of the shard's previous output."""
+    ids = table.column(schema.ID).to_pylist()
+    hashes = table.column(schema.CONTENT_HASH).to_pylist()
+    flags = [previous.get(i) == h for i, h in zip(ids, hashes, strict=True)]
+    return table.append_column(REUSE, pa.array(flags, pa.bool_()))
 
 
 def _resolve_image_path(base: str, path: str) -> str:

@@ -15,6 +15,7 @@ IMAGE = "image"  # encoded PNG/JPEG/WebP bytes
 IMAGE_PATH = "image_path"  # relative to the corpus root, or a URI
 LABEL = "label"  # string, or list of strings for multi-label tasks
 SPLIT = "split"  # optional: "train", "val", "test", ...
+CONTENT_HASH = "content_hash"  # of id, text and image bytes: what incremental runs compare
 
 MODALITIES = ("text", "image")
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -141,3 +142,50 @@ def test_killed_run_resumes_with_every_row_once(tmp_path, tiny_models):
     assert manifest["complete"] and manifest["input_rows"] == n
     assert not store.exists(join(output, "embeddings", "_staging")) or not store.list_files(
         join(output, "embeddings", "_staging"))
+
+
+def test_incremental_run_embeds_only_new_and_changed_rows(tmp_path, ray_local, tiny_models):
+    """Rows keyed by id + content hash: new and changed rows are embedded, unchanged ones copied."""
+    store = Storage()
+    corpus, output = tmp_path / "corpus", str(tmp_path / "out")
+    items = cf.rows(24, bad=False)
+    cf.write_parquet(store, str(corpus), [dict(r) for r in items], 3)
+    cfg = make_config(str(corpus), output, tiny_models)
+    first = run_extract(cfg, store)
+    assert first.embedded_now == 24
+    before = load_embeddings(store, output)
+    old_vectors = dict(zip(before.ids, before.features["text"], strict=True))
+
+    # part-001 changes: one text edited, one row added; part-000 and part-002 are untouched.
+    part = [dict(r) for r in items[1::3]]
+    part[0]["text"] = "a blue moon"
+    part.append({"id": "r-new", "text": "the red car", "image": cf.png(3), "label": "c1",
+                 "split": "train"})
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(part), buf)
+    store.write_bytes(str(corpus / "part-001.parquet"), buf.getvalue().to_pybytes())
+
+    second = run_extract(cfg, store)
+    assert second.skipped_shards == 2
+    assert second.embedded_now == 2  # the edited row and the new one
+    assert second.embedded == 25 and second.input_rows == 25
+    after = load_embeddings(store, output)
+    new_vectors = dict(zip(after.ids, after.features["text"], strict=True))
+    changed = part[0]["id"]
+    assert not np.allclose(new_vectors[changed], old_vectors[changed])
+    for rid in old_vectors:
+        if rid != changed:
+            np.testing.assert_array_equal(new_vectors[rid], old_vectors[rid])
+    record = store.read_json(join(output, "embeddings", "_commits", "part-001.json"))
+    assert (record["reused"], record["newly_embedded"]) == (7, 2)
+
+
+def test_other_encoders_are_refused_in_the_same_output(tmp_path, ray_local, tiny_models):
+    store = Storage()
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
+    cf.write_corpus(store, corpus, "parquet", n=6, n_shards=1)
+    run_extract(make_config(corpus, output, tiny_models), store)
+    other = load_config(data={**make_config(corpus, output, tiny_models).model_dump(mode="json"),
+                              "encoders": {"text": {"name": f"hf:{tiny_models['bert']}", "pooling": "cls"}}})
+    with pytest.raises(ValueError, match="holds embeddings of other encoders"):
+        run_extract(other, store)

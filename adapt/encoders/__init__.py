@@ -93,3 +93,38 @@ def build_encoder(spec, modality: str, device: str = "cpu", dtype: str = "float3
     from adapt.encoders.vision import VisionEncoder
 
     return VisionEncoder(name, spec, device=device, dtype=dtype)
+
+
+def static_fingerprint(spec, modality: str) -> dict:
+    """What identifies an encoder's output, known before any model loads (for the driver).
+
+    Weights are identified by the hash of local files, or by the hub id / tag otherwise. Two
+    configurations with equal static fingerprints produce the same embeddings; the full
+    fingerprint each worker records adds what only a loaded model knows (dimension, preprocessing).
+    """
+    import os
+
+    from adapt.encoders.base import library_versions, sha256_file, sha256_weights_dir
+
+    name = parse_name(spec.name)
+    check_modality(name, modality)
+    if name.scheme == "alias":
+        from adapt.encoders import offline
+
+        name = offline.resolve_alias(name.model)
+    ref = name.pretrained if name.scheme != "hf" else name.model
+    if ref is None:
+        weights = "random"
+    elif os.path.isdir(ref):
+        weights = "sha256:" + sha256_weights_dir(ref)
+    elif os.path.isfile(ref):
+        weights = "sha256:" + sha256_file(ref)
+    else:
+        weights = f"{name.scheme}:{ref}"
+    arch = name.model if name.scheme != "hf" else "hf"
+    if arch.endswith(".json") and os.path.isfile(arch):
+        arch = "sha256:" + sha256_file(arch)
+    return {
+        "modality": modality, "scheme": name.scheme, "arch": arch, "weights": weights,
+        "options": spec.model_dump(exclude={"name"}), "versions": library_versions(),
+    }
