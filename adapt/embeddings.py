@@ -23,7 +23,7 @@ class EmbeddingsError(FileNotFoundError):
 class Embeddings:
     ids: np.ndarray  # [N] str
     features: dict[str, np.ndarray]  # modality -> float32 [N, dim]
-    columns: dict[str, list]  # label columns and split, as stored (label may hold lists)
+    columns: dict[str, list]  # label columns, split, content_hash, as stored (labels may be lists)
     manifest: dict
 
     def __len__(self) -> int:
@@ -95,6 +95,6 @@ def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Em
         table = table.filter(pa.array(keep))
     features = {m: fixed_size_to_numpy(table.column(c)) for m, c in zip(modalities, emb_cols, strict=True)}
     columns = {c: table.column(c).to_pylist() for c in table.column_names
-               if c.startswith(schema.LABEL) or c == schema.SPLIT}
+               if c.startswith(schema.LABEL) or c in (schema.SPLIT, schema.CONTENT_HASH)}
     ids = np.array(table.column(schema.ID).to_pylist(), dtype=object)
     return Embeddings(ids, features, columns, manifest)

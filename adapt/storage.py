@@ -157,6 +157,21 @@ class Storage:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def create_exclusive(self, uri: str, data: bytes) -> None:
+        """Create an object only if none exists; raise FileExistsError otherwise.
+
+        S3 does this with a conditional PUT (If-None-Match: *), local disk with O_EXCL: either way
+        exactly one of several concurrent creators wins.
+        """
+        fs, path = self.fs(uri), self.strip(uri)
+        if is_remote(uri):
+            fs.pipe_file(path, data, IfNoneMatch="*")
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
     def write_json(self, uri: str, obj: Any) -> None:
         self.write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
