@@ -9,7 +9,7 @@ from adapt.health import embedding_health
 
 
 def make(ids, hashes, x):
-    return Embeddings(np.array(ids, dtype=object), {"text": np.asarray(x, dtype=np.float32)},
+    return Embeddings(np.array(list(ids), dtype=object), {"text": np.asarray(x, dtype=np.float32)},
                       {"content_hash": list(hashes)}, {})
 
 
