@@ -202,12 +202,15 @@ def _fixed_lists(table: pa.Table, fingerprints: dict) -> pa.Table:
     for modality, fp in fingerprints.items():
         name = schema.embedding_column(modality)
         if name in table.column_names:
-            fixed = pa.list_(pa.float32(), int(fp["dim"]))
+            dim = int(fp["dim"])
             column = table.column(name).combine_chunks()
-            # Cast the valid rows only: a null entry has no values to fill a fixed size.
-            values = column.flatten()
-            fsl = pa.FixedSizeListArray.from_arrays(values, int(fp["dim"]), mask=column.is_null()) \
-                if column.null_count else column.cast(fixed)
+            if column.null_count:
+                # A null entry holds no values: give it zeros, then mask it null again.
+                zeros = pa.scalar([0.0] * dim, pa.list_(pa.float32()))
+                values = pc.fill_null(column, zeros).flatten()
+                fsl = pa.FixedSizeListArray.from_arrays(values, dim, mask=column.is_null())
+            else:
+                fsl = column.cast(pa.list_(pa.float32(), dim))
             table = table.set_column(table.column_names.index(name), name, fsl)
     return table
 

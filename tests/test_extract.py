@@ -189,3 +189,20 @@ def test_other_encoders_are_refused_in_the_same_output(tmp_path, ray_local, tiny
                               "encoders": {"text": {"name": f"hf:{tiny_models['bert']}", "pooling": "cls"}}})
     with pytest.raises(ValueError, match="holds embeddings of other encoders"):
         run_extract(other, store)
+
+
+def test_optional_modality_missing_keeps_the_row_with_a_null(tmp_path, ray_local, tiny_models):
+    store = Storage()
+    corpus, output = tmp_path / "corpus", str(tmp_path / "out")
+    items = cf.rows(8, bad=False)
+    items[2]["image"] = None
+    cf.write_parquet(store, str(corpus), items, 1)
+    result = run_extract(make_config(str(corpus), output, tiny_models,
+                                     required_modalities=["text"]), store)
+    assert (result.embedded, result.rejected) == (8, 0)
+    table = pq.read_table(tmp_path / "out" / "embeddings" / "part-000.parquet")
+    images = dict(zip(table.column("id").to_pylist(), table.column("image_embedding").to_pylist(),
+                      strict=True))
+    assert images["r0002"] is None and len(images["r0001"]) == 32
+    emb = load_embeddings(store, output)  # a head needs every modality: the row is left out
+    assert len(emb) == 7 and emb.manifest["dropped_incomplete"] == 1
