@@ -1,6 +1,9 @@
 """The `adapt` command: one subcommand per stage, each over the same YAML configuration.
 
     adapt extract --config FILE [--set key=value ...]
+    adapt train   --config FILE      # a contrastive projection head over the embeddings
+    adapt apply   --config FILE      # the latest head over every embeddings file (not in `run`)
+    adapt score   --config FILE      # classifiers on raw vs PCA vs projected embeddings
     adapt run     --config FILE      # every stage in order, as `make run` does
 
 The `jobs/*.py` entrypoints for `ray job submit` call the same `main`.
@@ -19,8 +22,12 @@ from adapt.config import ConfigError, load_config
 # Stage name -> "module:function"; each function takes a Config and returns a printable summary.
 STAGES = {
     "extract": "adapt.extract:main",
+    "train": "adapt.train:main",
+    "apply": "adapt.artifact:main",
+    "score": "adapt.score:main",
+    "nightly": "adapt.nightly:main",
 }
-PIPELINE = ["extract"]
+PIPELINE = ["extract", "train", "score"]
 
 
 def _stage(name: str):

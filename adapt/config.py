@@ -278,7 +278,9 @@ class TrainConfig(Strict):
         if self.cross_modal_weight > 0 and self.mode != "per_modality":
             problems.append("cross_modal_weight > 0 needs mode: per_modality")
         if self.patience is not None and self.val_fraction == 0:
-            problems.append("early stopping (patience) needs val_fraction > 0, or set patience: null")
+            problems.append(
+                "early stopping (patience) needs val_fraction > 0, or set patience: null"
+            )
         if not (self.label_column == "label" or self.label_column.startswith("label_")):
             problems.append(f"label_column must be 'label' or 'label_*', got {self.label_column!r}")
         if any(h < 1 or h > 65536 for h in self.hidden_dims):
@@ -382,7 +384,15 @@ class ScoreConfig(Strict):
     )
     seed: int = Field(0, ge=0, description="Seeds folds, classifiers, heads and bootstraps.")
     pca_k: int | None = Field(
-        None, ge=1, description="PCA components (None: train.out_dim, the size of one head)."
+        None,
+        ge=1,
+        description="PCA components, for each modality and for the concatenation (None: "
+        "train.out_dim, the output size of one head).",
+    )
+    only_folds: list[int] | None = Field(
+        None,
+        description="Score only these outer folds, numbered from 0 (smoke runs, benchmarks); "
+        "None: all of them.",
     )
     validation_folds: int = Field(
         1,
@@ -452,11 +462,47 @@ class ScoreConfig(Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             problems.append(f"task names {twice} are used twice: give each task a distinct name")
+        if self.only_folds is not None and not all(0 <= f < self.n_folds for f in self.only_folds):
+            problems.append(f"only_folds must be fold numbers in 0..{self.n_folds - 1}")
         if self.validation_folds > self.n_folds:
             problems.append(f"validation_folds ({self.validation_folds}) > n_folds ({self.n_folds})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+class NightlyConfig(Strict):
+    """Re-adaptation on a schedule: extract what is new, retrain, score, promote if better."""
+
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1,
+        description="Share of rows (chosen by a hash of the id, stable across nights) that no head "
+        "ever trains on: champion and challenger are compared on them.",
+    )
+    classifiers: list[str] = Field(
+        ["logreg", "knn"], min_length=1,
+        description="Classifiers fitted on projected training rows to compare the two heads.",
+    )
+    metric: Literal["macro_f1", "micro_f1", "accuracy"] = "macro_f1"
+    margin: float = Field(
+        0.0, ge=0, description="Promote only when the mean gain over tasks is at least this."
+    )
+    tolerance: float = Field(
+        0.01, ge=0, description="Never promote when any task drops by more than this."
+    )
+    lease_ttl_s: float = Field(
+        6 * 3600, gt=0, description="A run's lease expires after this, so a dead run frees it."
+    )
+    wait_for_lease_s: float = Field(
+        0, ge=0, description="Wait this long for a running night to finish before giving up."
+    )
+    probe_rows: int = Field(
+        32, ge=0,
+        description="Rows of the first shard embedded again each night to check determinism.",
+    )
+    score_report: bool = Field(
+        False, description="Also run the full score stage (k-fold report) on the new version."
+    )
 
 
 class Config(Strict):
@@ -470,6 +516,7 @@ class Config(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     extract: ExtractConfig = ExtractConfig()
+    nightly: NightlyConfig = NightlyConfig()
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
 

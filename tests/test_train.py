@@ -1,0 +1,329 @@
+"""Integration tests of the train stage: local Ray Train, a moto S3 server, a killed job resumed.
+
+Fixtures from conftest.py: `ray_local` (one local Ray, 2 CPUs), `moto_server` / `s3_bucket`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from adapt.artifact import (
+    CARD_FILE,
+    PROJECTED,
+    apply_head,
+    load_head,
+    save_head,
+)
+from adapt.config import load_config
+from adapt.embeddings import load_embeddings
+from adapt.storage import Storage, join
+from adapt.train import CHECKPOINT_POINTER, checkpoint_root, plan_run, run_train
+from adapt.trainer import fit_head, project
+from tests.synthetic import buried_signal, knn_accuracy, write_embeddings
+
+REPO = Path(__file__).resolve().parents[1]
+DIMS = {"text": 24, "image": 16}
+SMALL_HEAD = {"hidden_dims": [32], "out_dim": 16, "batch_size": 64, "torch_threads": 1}
+
+
+def make_config(output: str, **train):
+    return load_config(
+        data={
+            "corpus": "unused",
+            "output": output,
+            "encoders": {"text": "minilm-l6"},
+            "train": {**SMALL_HEAD, **train},
+        }
+    )
+
+
+def write_task(store: Storage, output: str, n: int = 600, seed: int = 0, test_share: float = 0.3):
+    features, labels = buried_signal(n, DIMS, n_classes=4, seed=seed)
+    splits = ["test" if i < int(n * test_share) else "train" for i in range(n)]
+    write_embeddings(store, output, features, labels, n_shards=3, splits=splits)
+    return features, labels, np.array(splits)
+
+
+def raw_and_projected_knn(store: Storage, output: str, head_uri: str) -> tuple[float, float]:
+    """kNN accuracy on the held-out `test` split: raw concatenation vs the trained head."""
+    emb = load_embeddings(store, output)
+    test = np.array([s == "test" for s in emb.labels("split")])
+    labels = emb.labels()
+    y_train = [lab for lab, t in zip(labels, test, strict=True) if not t]
+    y_test = [lab for lab, t in zip(labels, test, strict=True) if t]
+    raw = np.hstack([emb.features[m] for m in sorted(emb.features)])
+    z = load_head(head_uri, store)(emb.features)
+    return (
+        knn_accuracy(raw[~test], y_train, raw[test], y_test),
+        knn_accuracy(z[~test], y_train, z[test], y_test),
+    )
+
+
+# -- no Ray ---------------------------------------------------------------------------------------------
+
+
+def test_plan_holds_out_test_rows_and_splits_by_id(tmp_path):
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out)
+    plan = plan_run(make_config(out), store)
+    assert len(plan.train_ids) + len(plan.val_ids) == 420  # 600 rows, 180 in split "test"
+    assert set(plan.train_ids).isdisjoint(plan.val_ids)
+    assert plan.run_id == plan_run(make_config(out), store).run_id  # derived, stable
+    assert plan.run_id != plan_run(make_config(out, lr=2e-3), store).run_id
+    # Resources do not change the run: a job resumed on other hardware finds its checkpoints.
+    assert plan.run_id == plan_run(make_config(out, num_workers=4), store).run_id
+    # Fit on a given id set (as the score stage does): validation is held out of those rows.
+    ids = sorted(plan.train_ids)[:100]
+    given = plan_run(make_config(out), store, train_ids=ids)
+    assert sorted([*given.train_ids, *given.val_ids]) == ids
+
+
+def test_local_run_round_trip_and_rerun(tmp_path):
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out)
+    config = make_config(out, local=True, epochs=15)
+    result = run_train(config)
+    assert not result.skipped and result.mode == "local"
+    card = json.loads(Path(result.card).read_text())
+    assert card["run_id"] == result.run_id and card["task_type"] == "multiclass"
+    assert card["classes"] == ["c0", "c1", "c2", "c3"]
+    assert card["head"]["mode"] == "per_modality" and card["input_norm"] == "standardize"
+    assert card["embeddings"]["fingerprints"]["text"]["dim"] == 24
+    assert len(card["history"]) == card["epochs_run"] and card["versions"]["torch"]
+    assert json.loads((tmp_path / "run/heads/latest.json").read_text())["run_id"] == result.run_id
+    raw, projected = raw_and_projected_knn(store, out, result.head)
+    assert projected > raw + 0.3, (raw, projected)
+    # A second run of the same config finds the card and does nothing.
+    again = run_train(config)
+    assert again.skipped and again.run_id == result.run_id
+    assert "already complete" in again.describe()
+
+
+def test_head_round_trips_through_safetensors(tmp_path):
+    features, labels = buried_signal(300, DIMS, seed=2)
+    fit = fit_head(features, labels, make_config("x", epochs=3).train)
+    store = Storage()
+    uri = str(tmp_path / "heads" / "h1")
+    save_head(store, uri, fit, {"run_id": "h1"})
+    applied = load_head(uri)
+    expected = project(fit.head, features)
+    assert np.array_equal(applied(features), expected)
+    assert applied.out_dim == 32 and applied.modalities == ["image", "text"]
+    assert applied.card["run_id"] == "h1" and applied.card["n_train"] == fit.n_train
+    # Tables and data frames with *_embedding columns work too.
+    frame = pd.DataFrame({f"{m}_embedding": list(x) for m, x in features.items()})
+    assert np.allclose(applied(frame), expected, atol=1e-6)
+    # No pickle anywhere in the artifact.
+    data = (Path(uri) / "head.safetensors").read_bytes()
+    assert b"__metadata__" in data[:4096] and b"\x80\x04\x95" not in data[:64]
+    # A missing card means an unfinished run: refuse it.
+    (Path(uri) / CARD_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="adapt train"):
+        load_head(uri)
+
+
+# -- Ray ------------------------------------------------------------------------------------------------
+
+
+def job(tmp_path: Path, name: str, data: dict) -> tuple[list[str], dict]:
+    """The command and environment of the real train job, joined to the test's Ray cluster (as a
+    job submitted to a running cluster would be); its init_ray hands AWS_* to the job's workers."""
+    import ray
+
+    config_path = tmp_path / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "PYTHONPATH": str(REPO),
+    }
+    return [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config_path)], env
+
+
+def run_job(command: list[str], env: dict, timeout: int = 240) -> str:
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
+    """Two DDP workers on fractional CPUs, reading embeddings from and writing the head to S3."""
+    store = Storage()
+    out = f"{s3_bucket}/run"
+    write_task(store, out, n=600)
+    command, env = job(
+        tmp_path,
+        "s3",
+        {
+            "corpus": "unused",
+            "output": out,
+            "encoders": {"text": "minilm-l6"},
+            "storage": {"endpoint_url": moto_server},
+            "train": {
+                **SMALL_HEAD,
+                "run_id": "two-workers",
+                "num_workers": 2,
+                "num_cpus_per_worker": 0.5,
+                "epochs": 12,
+                "checkpoint_every_epochs": 4,
+            },
+        },
+    )
+    stdout = run_job(command, env)
+    head = f"{out}/heads/two-workers"
+    assert f"head: {head}" in stdout and "ray (2 workers)" in stdout
+    card = store.read_json(join(head, CARD_FILE))
+    assert card["n_train"] + card["n_val"] == 420 and card["resumed_from"] == []
+    assert card["timings"]["startup_s"] > 0
+    pointer = store.read_json(join(checkpoint_root(out, "two-workers"), CHECKPOINT_POINTER))
+    assert pointer["epoch"] == card["epochs_run"]  # the final checkpoint
+    raw, projected = raw_and_projected_knn(store, out, head)
+    assert projected > raw + 0.3, (raw, projected)
+
+
+def test_apply_writes_one_projected_file_per_embeddings_file(ray_local, tmp_path):
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out, n=300)
+    result = run_train(make_config(out, local=True, epochs=2))
+    dest = str(tmp_path / "projected")
+    applied = apply_head(store, result.head, out, dest, num_cpus=0.5)
+    assert (applied.files, applied.rows, applied.out_dim) == (3, 300, 32)
+    files = sorted(p.name for p in Path(dest).glob("*.parquet"))
+    assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    table = store.read_parquet(join(dest, files[0]))
+    assert {"id", "label", "split", PROJECTED} <= set(table.column_names)
+    emb = store.read_parquet(join(out, "embeddings", files[0]))
+    expected = load_head(result.head)(emb)
+    got = np.stack(table.column(PROJECTED).to_numpy(zero_copy_only=False))
+    assert np.allclose(got, expected, atol=1e-6)
+    assert store.read_json(join(dest, "_manifest.json"))["complete"]
+    assert apply_head(store, result.head, out, dest).skipped_files == 3  # re-run: nothing to do
+
+
+def descendants(root: int) -> list[int]:
+    """Processes under `root` (this test's local Ray runs under the test process)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(
+                    Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, IndexError, ValueError):
+                pass
+    found = []
+    for pid in parent:
+        p = parent[pid]
+        while p in parent and p not in (root, 0, 1):
+            p = parent[p]
+        if p == root:
+            found.append(pid)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def wait_for_checkpoint(pointer: Path, proc: subprocess.Popen, log: Path, after: int = 0) -> int:
+    """The epoch of the first checkpoint newer than `after` that the running job writes."""
+    deadline = time.time() + 150
+    while True:
+        if pointer.exists():
+            epoch = json.loads(pointer.read_text())["epoch"]
+            if epoch > after:
+                return epoch
+        assert proc.poll() is None, f"the job ended early:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no checkpoint in time:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local, tmp_path):
+    """The real job entrypoint, killed with SIGKILL after its first checkpoint, then submitted
+    again; in that second run a Train worker is killed, and Ray Train's FailureConfig restarts it.
+    Both resumes start from the last checkpoint and the run completes every epoch once."""
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out, n=1200)
+    run_id, epochs = "resume-test", 60
+    command, env = job(
+        tmp_path,
+        "resume",
+        {
+            "corpus": "unused",
+            "output": out,
+            "encoders": {"text": "minilm-l6"},
+            "train": {
+                **SMALL_HEAD,
+                "run_id": run_id,
+                "epochs": epochs,
+                "patience": None,
+                "batch_size": 32,
+                "num_workers": 1,
+                "num_cpus_per_worker": 0.5,
+                "max_failures": 1,
+            },
+        },
+    )
+    pointer = Path(checkpoint_root(out, run_id)) / CHECKPOINT_POINTER
+    card_path = Path(out) / "heads" / run_id / CARD_FILE
+
+    log = tmp_path / "first.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            command, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+        )
+    try:
+        wait_for_checkpoint(pointer, proc, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Ray stops the dead job's Train worker when it notices its driver is gone; until then (well
+    # under a second) the worker may finish an epoch or two and checkpoint them.
+    deadline = time.time() + 60
+    while any("RayTrainWorker" in command_line(p) for p in descendants(os.getpid())):
+        assert time.time() < deadline, "the killed job's Train worker did not stop"
+        time.sleep(0.1)
+    killed_at = json.loads(pointer.read_text())["epoch"]
+    assert 1 <= killed_at < epochs and not card_path.exists()
+
+    log = tmp_path / "second.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            command, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+        )
+    try:
+        worker_killed_at = wait_for_checkpoint(pointer, proc, log, after=killed_at)
+        workers = [p for p in descendants(os.getpid()) if "RayTrainWorker" in command_line(p)]
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"head: {Path(out) / 'heads' / run_id}" in log.read_text()
+
+    card = json.loads(card_path.read_text())
+    first, second = card["resumed_from"]
+    assert killed_at <= first < worker_killed_at <= second < epochs
+    assert [h["epoch"] for h in card["history"]] == list(range(1, epochs + 1))
+    assert card["epochs_run"] == epochs
