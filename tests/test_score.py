@@ -1,0 +1,456 @@
+"""The score stage: tasks and their config, folds shared by every representation, no test row in
+any fitted representation, a multi-label task end to end, and the Ray job on a synthetic corpus
+where the projection must beat raw features for a tree classifier."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from adapt import cli, score, scoring
+from adapt import report as report_io
+from adapt.bench.score import synthetic_embeddings, write_embeddings
+from adapt.config import SCORE_CLASSIFIERS, ConfigError, load_config
+from adapt.storage import Storage
+
+ENCODERS = {"text": "minilm-l6", "image": "efficientnet-lite0"}
+# Small heads that train in a second or two on a few hundred rows (30 epochs of 6 batches); with
+# fewer epochs the head has not yet found the rotated signal dimensions.
+FAST_TRAIN = {
+    "hidden_dims": [64],
+    "out_dim": 16,
+    "epochs": 30,
+    "lr": 3e-3,
+    "patience": None,
+    "val_fraction": 0.0,
+    "batch_size": 64,
+}
+# For tests that check plumbing, not quality.
+TINY_TRAIN = {**FAST_TRAIN, "epochs": 3}
+
+
+def make_config(output: str, train: dict = FAST_TRAIN, **score_section) -> dict:
+    return {
+        "corpus": "synthetic",
+        "output": output,
+        "encoders": ENCODERS,
+        "train": train,
+        "score": {"n_boot": 200, **score_section},
+    }
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return synthetic_embeddings(n_rows=300, n_classes=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, emb):
+    """The synthetic embeddings written in the extract stage's layout."""
+    out = str(tmp_path_factory.mktemp("score-corpus"))
+    write_embeddings(Storage(), out, emb)
+    return out
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_classifier_names_match_the_registry():
+    assert list(SCORE_CLASSIFIERS) == list(scoring.CLASSIFIERS)
+
+
+def test_default_score_section():
+    sc = load_config(data={"corpus": "c", "output": "o", "encoders": ENCODERS}).score
+    assert [t.task_name for t in sc.tasks] == ["label"]
+    assert sc.representations == ["raw", "pca", "projected"]
+    assert sc.classifiers == list(scoring.CLASSIFIERS)
+
+
+def test_config_rejects_bad_tasks_all_at_once():
+    data = make_config(
+        "o",
+        tasks=[
+            {"label_column": "category"},
+            {"label_column": "label", "positive": "a", "type": "multilabel"},
+            {"label_column": "label", "min_class_count": 0},
+            {"label_column": "label", "typo": 1},
+        ],
+        representations=["raw", "umap"],
+        classifiers=["logreg", "svm"],
+        n_folds=1,
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(data=data)
+    msg = str(e.value)
+    assert "score.tasks.0: label_column must be 'label' or 'label_*'" in msg
+    assert "score.tasks.1: positive makes a binary task" in msg
+    assert "score.tasks.2.min_class_count" in msg
+    assert "score.tasks.3.typo: unknown key" in msg and "positive" in msg
+    assert "unknown representation(s) ['umap']" in msg
+    assert "unknown classifier(s) ['svm']" in msg and "random_forest" in msg
+    assert "score.n_folds" in msg
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"tasks": [{"label_column": "label"}, {"label_column": "label"}]}, "used twice"),
+        (
+            {"tasks": [{"label_column": "label", "positive": "c0"}, {"name": "label=c0"}]},
+            "used twice",
+        ),
+        ({"representations": ["raw:audio"]}, "name no configured modality"),
+        ({"classifiers": ["cart"], "classifier_params": {"svc": {"C": 2}}}, "not in classifiers"),
+        ({"n_folds": 3, "validation_folds": 4}, "validation_folds"),
+        ({"n_folds": 3, "only_folds": [3]}, "only_folds"),
+    ],
+)
+def test_config_rejects_inconsistent_score_sections(section, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(data=make_config("o", **section))
+
+
+def test_unknown_classifier_params_fail_before_any_work(tmp_path, corpus):
+    config = load_config(
+        data=make_config(corpus, classifier_params={"svc": {"bogus": 1}}, classifiers=["svc"])
+    )
+    with pytest.raises(ValueError, match="score.classifier_params.svc.*bogus"):
+        score.run_score(config)
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+def task_spec(**kw):
+    return load_config(data=make_config("o", tasks=[kw])).score.tasks[0]
+
+
+def test_build_task_drops_rare_classes_and_unlabelled_rows():
+    columns = {"label": ["a"] * 5 + ["b"] * 5 + ["c"] * 2 + [None]}
+    task = score.build_task(task_spec(), columns, default_min_count=3)
+    assert task.task_type == "binary" and task.classes == ["a", "b"]
+    assert task.rows.tolist() == list(range(10))
+    assert task.dropped == {"unlabelled": 1, "classes": {"c": 2}}
+    task = score.build_task(task_spec(min_class_count=1), columns, default_min_count=3)
+    assert task.task_type == "multiclass" and task.classes == ["a", "b", "c"]
+
+
+def test_build_task_one_vs_rest_and_multilabel():
+    columns = {
+        "label": ["a", "b", "c", "a", "b", "c"],
+        "label_tags": [["x", "y"], ["x"], [], ["y"], ["x", "z"], ["x"]],
+    }
+    task = score.build_task(task_spec(positive="a"), columns, default_min_count=2)
+    assert task.task_type == "binary" and task.name == "label=a"
+    assert task.classes == ["not a", "a"] and task.y.tolist() == [1, 0, 0, 1, 0, 0]
+    assert task.labels[0] == "a" and task.labels[1] == "not a"
+
+    task = score.build_task(task_spec(label_column="label_tags"), columns, default_min_count=2)
+    assert task.task_type == "multilabel" and task.classes == ["x", "y"]  # z: one row, dropped
+    assert task.y.tolist() == [[1, 1], [1, 0], [0, 0], [0, 1], [1, 0], [1, 0]]
+    assert task.labels[4] == ["x"] and task.dropped["classes"] == {"z": 1}
+
+    tags_ovr = score.build_task(task_spec(label_column="label_tags", positive="y"), columns, 2)
+    assert tags_ovr.y.tolist() == [1, 0, 0, 1, 0, 0]
+
+
+def test_build_task_errors_name_the_fix():
+    columns = {"label": ["a", "b"] * 5, "split": ["train"] * 10}
+    with pytest.raises(ValueError, match=r"no label column 'label_x'.*\['label'\]"):
+        score.build_task(task_spec(label_column="label_x"), columns, 2)
+    with pytest.raises(ValueError, match="positive class 'q' is in no row.*'a', 'b'"):
+        score.build_task(task_spec(positive="q"), columns, 2)
+    with pytest.raises(ValueError, match="fewer than 2 classes"):
+        score.build_task(task_spec(min_class_count=6), columns, 2)
+    with pytest.raises(ValueError, match="use type multilabel"):
+        score.build_task(task_spec(type="multiclass"), {"label": [["a"], ["b"]] * 3}, 2)
+
+
+def test_expand_representations():
+    mods = ["image", "text"]
+    assert score.expand_representations(["raw", "pca:text", "projected"], mods, ["h1"]) == [
+        "raw:image",
+        "raw:text",
+        "raw:concat",
+        "pca:text",
+        "projected:single",
+        "projected:per_modality",
+        "head:h1",
+    ]
+    assert score.expand_representations(["raw", "projected"], ["text"]) == [
+        "raw:text",
+        "projected:single",
+    ]
+    with pytest.raises(ValueError, match="no modality 'audio'"):
+        score.expand_representations(["raw:audio"], mods)
+
+
+# -- folds and leakage -----------------------------------------------------------------------
+
+
+def test_folds_partition_rows_and_validation_never_touches_test(emb):
+    config = load_config(
+        data=make_config(
+            "o",
+            n_folds=4,
+            validation_folds=2,
+            tasks=[{"label_column": "label"}, {"label_column": "label_tags"}],
+        )
+    )
+    plan = score.make_plan(config, emb)
+    for task in plan.tasks:
+        folds = plan.folds[task.name]
+        outer = [f for f in folds if f.kind == "test"]
+        tests = np.concatenate([f.test for f in outer])
+        assert sorted(tests.tolist()) == list(range(len(task.rows)))  # each row tested once
+        for f in outer:
+            assert not set(f.train) & set(f.test)
+            assert (f.rows_test == task.rows[f.test]).all()
+        for v in (f for f in folds if f.kind == "validation"):
+            outer_train = set(outer[v.index].train)
+            assert set(v.train) <= outer_train and set(v.test) <= outer_train
+            assert not set(v.train) & set(v.test)
+    # The same folds for a different representation list: folds depend on labels and seed only.
+    other = load_config(
+        data=make_config(
+            "o",
+            n_folds=4,
+            validation_folds=2,
+            representations=["raw:text"],
+            tasks=[{"label_column": "label"}, {"label_column": "label_tags"}],
+        )
+    )
+    for t, folds in score.make_plan(other, emb).folds.items():
+        for a, b in zip(folds, plan.folds[t], strict=True):
+            assert (a.train == b.train).all() and (a.test == b.test).all()
+
+
+def test_fitted_representations_never_see_test_rows(emb):
+    """Replacing the test rows' embeddings by garbage changes nothing fitted on the training
+    rows: the PCA, the concatenation's scales and the in-fold head."""
+    config = load_config(data=make_config("o", TINY_TRAIN, n_folds=3))
+    plan = score.make_plan(config, emb)
+    fold = plan.folds["label"][0]
+    reps = ["raw:concat", "pca:text", "pca:concat", "projected:single"]
+
+    def build(features):
+        built, info = score.build_representations(
+            features, dict(features), fold, reps, plan.train_cfg, plan.pca_k, 0, plan.ids
+        )
+        return {r.name: r for r in built}, info
+
+    clean, info = build(emb.features)
+    rng = np.random.default_rng(5)
+    dirty_features = {m: x.copy() for m, x in emb.features.items()}
+    for x in dirty_features.values():
+        x[fold.rows_test] = rng.normal(0, 1000, size=(len(fold.rows_test), x.shape[1]))
+    dirty, dirty_info = build(dirty_features)
+    assert all(r.error is None for r in clean.values())
+    assert info["modality_scales"] == dirty_info["modality_scales"]
+    for name in ("pca:text", "pca:concat", "projected:single"):
+        np.testing.assert_allclose(clean[name].train, dirty[name].train, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(clean[name].test, dirty[name].test)
+    # The PCA is the one fitted on the training rows alone, with k = the head's output size.
+    x_train = emb.features["text"][fold.rows_train]
+    pca, pinfo = scoring.fit_pca(x_train, plan.pca_k, 0)
+    assert pinfo["k"] == plan.pca_k == TINY_TRAIN["out_dim"]
+    np.testing.assert_allclose(
+        clean["pca:text"].train, pca.transform(x_train), rtol=1e-4, atol=1e-4
+    )
+    everything, _ = scoring.fit_pca(emb.features["text"], plan.pca_k, 0)
+    assert not np.allclose(np.abs(everything.components_), np.abs(pca.components_), atol=1e-3)
+
+
+def test_failed_representation_becomes_failed_rows_not_a_crash(emb):
+    config = load_config(data=make_config("o", n_folds=2))
+    fold = score.make_plan(config, emb).folds["label"][0]
+    row, y_pred = score.run_cell(
+        score.RepData("pca:text", error="ValueError: boom"),
+        fold,
+        "multiclass",
+        ["c0", "c1", "c2", "c3"],
+        "cart",
+        None,
+        0,
+    )
+    assert row["status"] == "error" and "boom" in row["error"] and row["macro_f1"] is None
+    assert y_pred is None
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus):
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    config = load_config(
+        data=make_config(
+            out,
+            TINY_TRAIN,
+            executor="local",
+            n_folds=3,
+            validation_folds=1,
+            run_id="ml",
+            tasks=[{"label_column": "label_tags"}, {"label_column": "label", "positive": "c0"}],
+            representations=["raw:text", "projected:per_modality"],
+            classifiers=["knn", "logreg"],
+        )
+    )
+    result = score.run_score(config)
+    report = json.loads((tmp_path / "out" / "reports" / "ml" / "report.json").read_text())
+    report_io.validate_report(report)
+    assert [t["type"] for t in report["tasks"]] == ["multilabel", "binary"]
+    rows = [r for r in report["results"] if r["task"] == "label_tags" and r["fold"] != "mean"]
+    assert len(rows) == 3 * 2 * 2 and all(r["status"] == "ok" for r in rows)
+    assert set(rows[0]["per_class_f1"]) == {"c0", "even", "low"}
+    assert all(r["auroc"] is not None for r in rows)
+    means = [r for r in report["results"] if r["fold"] == "mean"]
+    assert len(means) == 2 * 2 * 2 and all(r["n_folds"] == 3 for r in means)
+    gains = [g for g in report["gains"] if g["task"] == "label_tags"]
+    assert {g["representation"] for g in gains} == {"projected:per_modality"}
+    assert all(g["n_rows"] == 300 for g in gains)  # pooled over every outer fold
+    for name in ("label_tags", "label=c0"):
+        rec = report["recommendation"][name]
+        assert rec["representation"] in ("raw:text", "projected:per_modality")
+        assert "validation" in rec["basis"] and "no test row" in rec["basis"]
+    assert all(
+        isinstance(r["fold"], str) and r["fold"].startswith("val")
+        for r in report["validation"]
+        if r["fold"] != "mean"
+    )
+    assert "label_tags" in result.describe() and "recommended" in result.describe()
+
+
+def test_head_given_by_uri_is_scored_and_flagged(tmp_path, corpus, emb):
+    from adapt import trainer
+    from adapt.artifact import save_head
+    from adapt.config import TrainConfig
+
+    store = Storage()
+    fit = trainer.fit_head(emb.features, emb.columns["label"], TrainConfig(**TINY_TRAIN), seed=0)
+    head_uri = str(tmp_path / "heads" / "given")
+    save_head(store, head_uri, fit, {"run_id": "given"})
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    config = load_config(
+        data=make_config(
+            out,
+            executor="local",
+            n_folds=2,
+            validation_folds=0,
+            run_id="h",
+            heads=[head_uri],
+            representations=["raw:text"],
+            classifiers=["knn"],
+            plots=False,
+        )
+    )
+    result = score.run_score(config)
+    assert result.report["protocol"]["representations"] == ["raw:text", "head:given"]
+    assert result.report["heads"][0]["uri"] == head_uri
+    assert "test rows" in result.report["heads"][0]["note"]
+    md = (tmp_path / "out" / "reports" / "h" / "report.md").read_text()
+    assert "head:given" in md and "may have seen rows that are test rows here" in md
+    assert result.report["recommendation"] == {}
+
+
+def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, capsys):
+    """The job as `adapt score` runs it, cells as Ray tasks, on a corpus where the class signal
+    sits in a few rotated dimensions under high-variance noise."""
+    store = Storage()
+    out = str(tmp_path / "out")
+    write_embeddings(store, out, synthetic_embeddings(n_rows=480, n_classes=4, seed=3))
+    cfg_path = tmp_path / "score.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            make_config(
+                out,
+                n_folds=4,
+                validation_folds=1,
+                representations=["raw:concat", "pca:concat", "projected:per_modality"],
+                classifiers=["cart", "random_forest", "logreg"],
+                classifier_params={"random_forest": {"n_estimators": 50}},
+            )
+        )
+    )
+    assert cli.main(["score", "--config", str(cfg_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "gain over the best raw representation" in printed and "recommended:" in printed
+
+    (run_dir,) = (tmp_path / "out" / "reports").iterdir()
+    files = {p.name: p for p in run_dir.iterdir()}
+    assert set(files) == {
+        "report.json",
+        "report.md",
+        "f1_by_representation.png",
+        "embedding_2d.png",
+    }
+    for png in ("f1_by_representation.png", "embedding_2d.png"):
+        assert files[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        max(p.stat().st_mtime_ns for p in files.values()) == files["report.json"].stat().st_mtime_ns
+    )
+    report = json.loads(files["report.json"].read_text())
+    report_io.validate_report(report)
+    md = files["report.md"].read_text()
+    assert "### macro_f1 by representation and classifier" in md
+    assert "### Gains over raw and over PCA" in md and "Recommended" in md
+
+    cells = [r for r in report["results"] if r["fold"] != "mean"]
+    assert len(cells) == 4 * 3 * 3 and not report["failures"]
+    # Every representation and classifier of a fold saw the same rows.
+    for fold in range(4):
+        sizes = {(r["n_train"], r["n_test"]) for r in cells if r["fold"] == fold}
+        assert len(sizes) == 1
+    assert len({r["worker"] for r in cells}) > 1  # spread over more than one worker process
+
+    wins = [
+        g
+        for g in report["gains"]
+        if g["classifier"] in ("cart", "random_forest")
+        and g["baseline"] == "raw"
+        and g["representation"] == "projected:per_modality"
+    ]
+    assert wins and all(g["n_rows"] == 480 for g in wins)
+    assert any(g["lo"] > 0 for g in wins), wins
+    means = {
+        (r["representation"], r["classifier"]): r["macro_f1"]
+        for r in report["results"]
+        if r["fold"] == "mean"
+    }
+    assert means[("projected:per_modality", "cart")] > means[("raw:concat", "cart")]
+    assert report["inputs"]["manifest_sha256"] and report["inputs"]["rows"] == 480
+    assert report["config"]["score"]["n_folds"] == 4
+
+
+def test_failing_cells_are_reported_not_fatal(tmp_path, corpus):
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    config = load_config(
+        data=make_config(
+            out,
+            executor="local",
+            n_folds=2,
+            validation_folds=0,
+            run_id="f",
+            plots=False,
+            representations=["raw:text"],
+            classifiers=["knn", "logreg"],
+            classifier_params={"logreg": {"max_iter": -1}},  # accepted when built, fails at fit
+        )
+    )
+    result = score.run_score(config)
+    assert result.failed_cells == 2
+    means = {r["classifier"]: r for r in result.report["results"] if r["fold"] == "mean"}
+    assert means["logreg"]["status"] == "error" and means["logreg"]["macro_f1"] is None
+    assert means["knn"]["status"] == "ok" and means["knn"]["n_folds"] == 2
+    assert {f["classifier"] for f in result.report["failures"]} == {"logreg"}
+    md = (tmp_path / "out" / "reports" / "f" / "report.md").read_text()
+    assert "## Failed cells (2)" in md and "max_iter" in md
