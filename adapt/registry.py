@@ -4,7 +4,7 @@
     {output}/registry/history/<time>-<run>.json   one immutable record per decision, never edited
     {output}/registry/lease.json            held by the one nightly run allowed to write
 
-The lease is created with a conditional PUT (S3 If-None-Match, O_EXCL on disk), so of two runs
+The lease is created with a conditional PUT (S3 If-None-Match, link(2) on disk), so of two runs
 started together exactly one gets it; it expires after `ttl_s`, so a run that died does not block
 the next night forever, and the holder renews it between stages.
 """

@@ -160,7 +160,7 @@ class Storage:
     def create_exclusive(self, uri: str, data: bytes) -> None:
         """Create an object only if none exists; raise FileExistsError otherwise.
 
-        S3 does this with a conditional PUT (If-None-Match: *), local disk with O_EXCL: either way
+        S3 does this with a conditional PUT (If-None-Match: *), local disk with link(2): either way
         exactly one of several concurrent creators wins.
         """
         fs, path = self.fs(uri), self.strip(uri)
@@ -168,9 +168,15 @@ class Storage:
             fs.pipe_file(path, data, IfNoneMatch="*")
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as f:
+        # Write aside, then hard-link into place: the link fails if the name exists, and a reader
+        # never sees the file before its bytes are all there.
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
             f.write(data)
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
 
     def write_json(self, uri: str, obj: Any) -> None:
         self.write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
