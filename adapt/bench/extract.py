@@ -14,7 +14,6 @@ The report prints both throughputs in rows/s and their ratio (goal: 0.9 or bette
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from adapt.bench import save_report
 from adapt.config import load_config
 from adapt.extract import decode_image, run_extract
 from adapt.storage import Storage
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['ratio']:6.3f} {r['pipeline_end_to_end_rows_per_s']:15.1f} {r['pipeline_startup_s']:10.1f}")
     for m, r in report["results"].items():
         print(f"  {m} pipeline seconds by part: {r['worker_seconds']}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    save_report(args.out, report)
     return report
 
 

@@ -10,13 +10,13 @@ Corpus: the bundled demo (emoji images and names), offline encoders (MiniLM, Eff
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 
 import pyarrow.parquet as pq
 
+from adapt.bench import save_report
 from adapt.config import load_config
 from adapt.nightly import run_nightly
 from adapt.storage import Storage
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = report[name]
         print(f"  {name:12} {r['wall_s']:7.1f} s  embedded {r['embedded']:6d}  stages {r['stages_s']}")
     print(f"  incremental / full: wall {report['wall_ratio']:.3f}, extract {report['extract_ratio']:.3f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    save_report(args.out, report)
     return report
 
 

@@ -159,6 +159,19 @@ def _config(output: str, args: argparse.Namespace, num_cpus: int) -> dict:
     }
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (not idle or waiting on I/O), from
+    /proc/stat: over a run, divided by its wall time, the cores the run got, plus whatever else
+    the machine was doing (`load_before` says how much that was)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _worker(args: argparse.Namespace) -> None:
     """One timed run in this process: local Ray with `args.num_cpus` CPUs."""
     import logging
@@ -172,12 +185,19 @@ def _worker(args: argparse.Namespace) -> None:
     if args.one_fold:
         data["score"]["only_folds"] = [0]
     config = load_config(data=data)
+    if hasattr(os, "sched_setaffinity"):
+        # Ray's CPUs are a count, not cores: pin this process (and the Ray it starts) to N cores,
+        # so that a 1-CPU run really has one core and not every core of the machine.
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.num_cpus]))
     start = time.perf_counter()
     init_ray(config.ray)  # started outside the timed part: the wall is the stage's own work
     ray_start_s = time.perf_counter() - start
+    cpu_before = _busy_cpu_s()
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     result = run_score(config)
     wall = time.perf_counter() - start
+    cpu_used = _busy_cpu_s() - cpu_before
     import ray
 
     ray.shutdown()
@@ -195,6 +215,9 @@ def _worker(args: argparse.Namespace) -> None:
             {
                 "num_cpus": args.num_cpus,
                 "ray_start_s": ray_start_s,
+                "cpu_s": cpu_used,
+                "load_before": load_before,
+                "load_after": os.getloadavg()[0],
                 "wall_s": wall,
                 "cells": result.n_cells,
                 "failed": result.failed_cells,
@@ -251,6 +274,8 @@ def _describe(label: str, r: dict) -> str:
         f"  {label}: {r['cells']} cells ({r['failed']} failed) in {r['wall_s']:.0f} s wall "
         f"on {r['num_cpus']} CPU(s); representation builds (PCA, in-fold heads) "
         f"{r['build_s']:.0f} s; Ray start {r['ray_start_s']:.0f} s (not counted)\n"
+        f"    machine cores busy: {r['cpu_s'] / r['wall_s']:.2f} ({r['cpu_s']:.0f} CPU s); "
+        f"load average {r['load_before']:.1f} before, {r['load_after']:.1f} after\n"
         f"    cell seconds (fit + predict) by classifier: {by_clf}"
     )
 

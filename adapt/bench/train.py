@@ -20,7 +20,6 @@ start-up < 15 s. A report, not a test: it prints a table and writes JSON to --ou
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -156,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
+    from adapt.bench import save_report
     from adapt.config import load_config
     from adapt.train import plan_run, run_train
     from adapt.trainer import fit_head
@@ -301,8 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'met' if report['goals']['startup_met'] else 'NOT met'}"
     )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        save_report(args.out, report)
         print(f"figures: {args.out}")
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
