@@ -10,6 +10,7 @@ the same way.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -519,6 +520,15 @@ class Config(Strict):
     nightly: NightlyConfig = NightlyConfig()
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
+
+    @field_validator("corpus", "output")
+    @classmethod
+    def _absolute_local_paths(cls, value: str) -> str:
+        # Ray workers (Ray Train's above all) do not share the driver's working directory, so a
+        # relative local path would point somewhere else in them: anchor it here, once.
+        if "://" in value and not value.startswith("file://"):
+            return value
+        return os.path.abspath(value.removeprefix("file://"))
 
     @field_validator("encoders", mode="before")
     @classmethod

@@ -72,3 +72,12 @@ def test_every_shipped_job_config_validates(path):
     for doc in docs:
         if isinstance(doc, dict) and "corpus" in doc:  # an adapt job config
             Config.model_validate(doc)
+
+
+def test_local_paths_are_anchored_to_the_working_directory(tmp_path, monkeypatch):
+    """Ray Train workers run elsewhere: a relative output must not follow them there."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(data={**BASE, "output": "out/x", "corpus": "file://data/c"})
+    assert cfg.output == str(tmp_path / "out" / "x") and cfg.corpus == str(tmp_path / "data" / "c")
+    remote = load_config(data={**BASE, "output": "s3://bucket/out"})
+    assert remote.output == "s3://bucket/out"
