@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from adapt import schema
+from adapt.bench import save_report
 from adapt.embeddings import Embeddings
 from adapt.storage import Storage, join
 
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="run the whole grid instead")
     p.add_argument("--skip-costs", action="store_true", help="only the scaling runs")
     p.add_argument("--object-store-mb", type=int, default=1024)
+    p.add_argument("--out", help="also write the figures as JSON here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one-fold", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--num-cpus", type=int, help=argparse.SUPPRESS)
@@ -329,20 +331,25 @@ def main(argv: list[str] | None = None) -> int:
             f"({', '.join(REPRESENTATIONS)}) x {len(args.classifiers)} classifiers x "
             f"{args.folds} folds = {grid} cells; head epochs {args.epochs}"
         )
+        figures: dict = {
+            "rows": args.rows,
+            "dims": {"text": args.text_dim, "image": args.image_dim},
+            "grid_cells": grid,
+            "runs": {},
+        }
         if args.full:
             for n in args.cpus:
-                print(
-                    _describe(
-                        "full grid",
-                        _run(args, tmp, n, args.tasks, args.classifiers, one_fold=False),
-                    )
-                )
+                r = _run(args, tmp, n, args.tasks, args.classifiers, one_fold=False)
+                figures["runs"][f"full_{n}cpu"] = r
+                print(_describe("full grid", r))
+            save_report(args.out, figures)
             return 0
 
         # 1. Scaling: every task, fold 0, the cheap classifiers, on 1 then 2 CPUs.
         scaling = {}
         for n in args.cpus:
             scaling[n] = _run(args, tmp, n, args.tasks, args.scaling_classifiers, one_fold=True)
+            figures["runs"][f"scaling_{n}cpu"] = scaling[n]
             print(
                 _describe(
                     f"scaling, {args.tasks} tasks x fold 0 x {'/'.join(args.scaling_classifiers)}",
@@ -356,13 +363,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"  speed-up {lo} -> {hi} CPUs: {speedup:.2f}x "
                 f"(parallel efficiency {speedup / (hi / lo):.0%})"
             )
+            figures["speedup"] = speedup
         if args.skip_costs:
+            save_report(args.out, figures)
             return 0
 
         # 2. Cell costs: the first task (8 classes, the costliest for xgboost and logreg), fold 0,
         #    every classifier, on the most CPUs; the full grid is 5 folds x 5 tasks of that.
         n = max(args.cpus)
         costs = _run(args, tmp, n, 1, args.classifiers, one_fold=True)
+        figures["runs"][f"costs_{n}cpu"] = costs
+        figures["full_grid_estimate_s"] = args.folds * args.tasks * costs["wall_s"]
         print(_describe("costs, task label x fold 0 x every classifier", costs))
         factor = args.folds * args.tasks
         print(
@@ -370,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{factor * costs['wall_s'] / 3600:.1f} h; an upper bound, since the other tasks "
             "have 2-3 classes and cost xgboost and logreg less than the 8-class one"
         )
+    save_report(args.out, figures)
     return 0
 
 
