@@ -17,6 +17,11 @@ from adapt.embeddings import Embeddings
 DRIFT_COSINE = 0.999
 
 
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b`."""
+    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
 def norm_stats(x: np.ndarray) -> dict:
     norms = np.linalg.norm(x, axis=1)
     return {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()),
@@ -43,8 +48,7 @@ def embedding_health(current: Embeddings, previous: Embeddings | None = None) ->
             report["flags"].append(f"{modality}: {entry['nan']} NaN and {entry['inf']} inf values")
         if same is not None and modality in previous.features:
             a, b = x[same[0]], previous.features[modality][same[1]]
-            cos = np.sum(a * b, axis=1) / np.maximum(
-                np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+            cos = row_cosine(a, b)
             drifted = int((cos < DRIFT_COSINE).sum())
             entry["unchanged_rows"] = int(len(cos))
             entry["cosine_to_previous"] = {"min": float(cos.min()), "mean": float(cos.mean()),

@@ -30,7 +30,7 @@ import numpy as np
 from adapt import scoring
 from adapt.config import Config, ScoreTask
 from adapt.embeddings import Embeddings, load_embeddings
-from adapt.health import embedding_health
+from adapt.health import DRIFT_COSINE, embedding_health, row_cosine
 from adapt.registry import Registry, decide
 from adapt.storage import Storage, join
 
@@ -136,11 +136,11 @@ def _probe_health(config: Config, store: Storage, emb: Embeddings, previous: Emb
                  if v is not None and i in position]
         if pairs:
             a, b = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-            cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+            cos = row_cosine(a, b)
             sims[modality] = {"rows": len(pairs), "min": float(cos.min()), "mean": float(cos.mean())}
-            if cos.min() < 0.999:
+            if cos.min() < DRIFT_COSINE:
                 report["flags"].append(f"{modality}: re-embedding {len(pairs)} stored rows gave cosine "
-                                       f"{cos.min():.5f} < 0.999: outputs are not reproducible")
+                                       f"{cos.min():.5f} < {DRIFT_COSINE}: outputs are not reproducible")
     report["probe"] = sims
     report["healthy"] = not report["flags"]
     return report
