@@ -131,6 +131,7 @@ PAPER_FIXED_SHAPE: dict[str, Any] = {
     "out_dim": 128,
     "dropout": 0.0,
     "normalize": False,
+    "skip_pca": 0,
 }
 
 
@@ -157,7 +158,16 @@ class TrainConfig(Strict):
         [256], min_length=1, max_length=8, description="Width of each hidden layer."
     )
     out_dim: int = Field(128, ge=2, le=4096, description="Output width of each head.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    skip_pca: int = Field(
+        128,
+        ge=0,
+        le=4096,
+        description="Width of a fixed skip branch appended to the projection: the top principal "
+        "components of the normalised inputs (modalities weighted alike), fitted on the training "
+        "rows, so that what the contrastive heads discard stays available downstream. 0: none "
+        "(and always 0 under the paper preset).",
+    )
     normalize: bool = Field(True, description="L2-normalise each head's output rows.")
     input_norm: Literal["none", "l2", "standardize"] = Field(
         "standardize",
@@ -184,7 +194,7 @@ class TrainConfig(Strict):
     )
     # -- optimisation --
     sampler: Literal["shuffle", "balanced"] = Field(
-        "shuffle",
+        "balanced",
         description="Mini-batches: shuffle (random rows) or balanced (every row has a positive "
         "partner in its batch; for many classes or rare ones).",
     )

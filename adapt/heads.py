@@ -172,7 +172,9 @@ class MultiHead(nn.Module):
     the output is the concatenation of the heads' outputs, width sum of their out_dims.
     """
 
-    def __init__(self, mode: str, in_dims: dict[str, int], specs: dict[str, HeadSpec]) -> None:
+    def __init__(
+        self, mode: str, in_dims: dict[str, int], specs: dict[str, HeadSpec], skip_dim: int = 0
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(
@@ -214,9 +216,23 @@ class MultiHead(nn.Module):
                         f"are {in_dims[name]} wide"
                     )
 
+        total = sum(in_dims.values())
+        if isinstance(skip_dim, bool) or not isinstance(skip_dim, int) or not 0 <= skip_dim <= total:
+            raise ValueError(
+                f"skip_dim must be an int from 0 to the input width {total}, got {skip_dim!r}"
+            )
+
         self.mode = mode
         self._in_dims = {name: in_dims[name] for name in modalities}
         self.heads = nn.ModuleDict({key: ProjectionHead(specs[key]) for key in sorted(specs)})
+        # The skip branch: a fixed linear map of the (normalised, concatenated) inputs appended to
+        # the output, (x - skip_mean) @ skip_weight. It is not trained by the loss; `set_skip`
+        # fills it (adapt.trainer.fit_skip: principal components of the training rows). Buffers,
+        # so that they travel in the state dict with the weights.
+        self.skip_dim = skip_dim
+        if skip_dim:
+            self.register_buffer("skip_mean", torch.zeros(total))
+            self.register_buffer("skip_weight", torch.zeros(total, skip_dim))
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -233,8 +249,23 @@ class MultiHead(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        """Width of `forward`'s output: the sum of the heads' out_dims."""
-        return sum(head.spec.out_dim for head in self.heads.values())
+        """Width of `forward`'s output: the sum of the heads' out_dims, plus the skip branch."""
+        return sum(head.spec.out_dim for head in self.heads.values()) + self.skip_dim
+
+    def set_skip(self, mean: Any, weight: Any) -> None:
+        """Fill the skip branch: `mean` [input width], `weight` [input width, skip_dim]."""
+        if not self.skip_dim:
+            raise ValueError("this head has no skip branch (skip_dim is 0)")
+        mean = torch.as_tensor(mean, dtype=self.skip_mean.dtype)
+        weight = torch.as_tensor(weight, dtype=self.skip_weight.dtype)
+        if mean.shape != self.skip_mean.shape or weight.shape != self.skip_weight.shape:
+            raise ValueError(
+                f"skip mean {tuple(mean.shape)} and weight {tuple(weight.shape)} must have shapes "
+                f"{tuple(self.skip_mean.shape)} and {tuple(self.skip_weight.shape)}"
+            )
+        with torch.no_grad():
+            self.skip_mean.copy_(mean)
+            self.skip_weight.copy_(weight)
 
     def _inputs_in_order(self, inputs: dict[str, Tensor]) -> list[Tensor]:
         missing = [m for m in self.modalities if m not in inputs]
@@ -270,25 +301,36 @@ class MultiHead(nn.Module):
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         """[rows, out_dim] projections; per_modality outputs are concatenated in sorted order."""
         parts = self.forward_parts(inputs)
-        return torch.cat([parts[key] for key in sorted(parts)], dim=1)
+        out = [parts[key] for key in sorted(parts)]
+        if self.skip_dim:
+            x = torch.cat(self._inputs_in_order(inputs), dim=1)
+            out.append((x - self.skip_mean) @ self.skip_weight)
+        return torch.cat(out, dim=1)
 
     def to_config(self) -> dict[str, Any]:
         """JSON-ready description of the architecture (weights go in the state dict)."""
-        return {
+        config = {
             "mode": self.mode,
             "in_dims": dict(self._in_dims),
             "specs": {key: spec.to_dict() for key, spec in self.specs.items()},
         }
+        if self.skip_dim:
+            config["skip_dim"] = self.skip_dim
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MultiHead:
         """Rebuild a head (with fresh weights) from `to_config()`'s output."""
         valid = ["in_dims", "mode", "specs"]
-        if not isinstance(config, dict) or sorted(config) != valid:
+        keys = sorted(k for k in config if k != "skip_dim") if isinstance(config, dict) else None
+        if keys != valid:
             got = sorted(config) if isinstance(config, dict) else type(config).__name__
-            raise ValueError(f"head config must have exactly the keys {valid}, got {got}")
+            raise ValueError(
+                f"head config must have exactly the keys {valid} (and optionally skip_dim), "
+                f"got {got}"
+            )
         specs = {key: HeadSpec.from_dict(spec) for key, spec in config["specs"].items()}
-        return cls(config["mode"], dict(config["in_dims"]), specs)
+        return cls(config["mode"], dict(config["in_dims"]), specs, config.get("skip_dim", 0))
 
 
 def build_head(
@@ -300,6 +342,7 @@ def build_head(
     normalize: bool = True,
     activation: str = "relu",
     preset: str | None = None,
+    skip_dim: int = 0,
 ) -> MultiHead:
     """Build a MultiHead from flat settings.
 
@@ -339,4 +382,4 @@ def build_head(
         specs = {SINGLE_KEY: make(sum(in_dims.values()))}
     else:
         specs = {name: make(dim) for name, dim in in_dims.items()}
-    return MultiHead(mode, in_dims, specs)
+    return MultiHead(mode, in_dims, specs, 0 if preset == "paper" else skip_dim)

@@ -237,6 +237,43 @@ REPORT_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "mean_gains": {
+            "type": "array",
+            "description": "per task: paired bootstrap interval of the metric averaged over all "
+            "classifiers, representation minus the baseline family's best (same row draws for "
+            "every classifier)",
+            "items": {
+                "type": "object",
+                "required": [
+                    "task",
+                    "representation",
+                    "baseline",
+                    "baseline_representation",
+                    "metric",
+                    "classifiers",
+                    "mean",
+                    "lo",
+                    "hi",
+                    "n_rows",
+                    "n_folds",
+                ],
+                "properties": {
+                    "task": {"type": "string"},
+                    "representation": {"type": "string"},
+                    "baseline": {"enum": ["raw", "pca"]},
+                    "baseline_representation": {"type": "string"},
+                    "metric": {"type": "string"},
+                    "classifiers": {"type": "array", "items": {"type": "string"}},
+                    "mean": _NUM,
+                    "lo": _NUM,
+                    "hi": _NUM,
+                    "candidate_score": _NUM,
+                    "baseline_score": _NUM,
+                    "n_rows": {"type": "integer"},
+                    "n_folds": {"type": "integer"},
+                },
+            },
+        },
         "recommendation": {
             "type": "object",
             "description": "task name -> the representation chosen on validation scores only",
@@ -481,6 +518,28 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
             if ranked:
                 second = f"`{ranked[1][1]}` {_fmt(ranked[1][0])}" if len(ranked) > 1 else "-"
                 lines.append(f"| {clf} | `{ranked[0][1]}` | {_fmt(ranked[0][0])} | {second} |")
+        averaged = [g for g in report.get("mean_gains", []) if g["task"] == name]
+        if averaged:
+            lines += [
+                "",
+                f"### Averaged over all {len(clfs)} classifiers ({level} paired interval)",
+                "",
+                f"| representation | mean {metric} | over raw | raw baseline | over PCA "
+                "| PCA baseline |",
+                "|---|---|---|---|---|---|",
+            ]
+            by_rep: dict[str, dict] = {}
+            for g in averaged:
+                by_rep.setdefault(g["representation"], {})[g["baseline"]] = g
+            for r, pair in by_rep.items():
+                g_raw, g_pca = pair.get("raw"), pair.get("pca")
+                score = (g_raw or g_pca)["candidate_score"]
+                lines.append(
+                    f"| `{r}` | {_fmt(score)} | {_gain_text(g_raw)} | "
+                    f"{'`' + g_raw['baseline_representation'] + '`' if g_raw else '-'} | "
+                    f"{_gain_text(g_pca)} | "
+                    f"{'`' + g_pca['baseline_representation'] + '`' if g_pca else '-'} |"
+                )
         cands = [r for r in reps if r.partition(":")[0] != "raw"]
         if cands:
             lines += [

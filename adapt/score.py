@@ -8,7 +8,7 @@ one (task, representation, classifier, fold); a representation is built once per
 Three layers, as in every stage:
 - pure core (no Ray, no storage): `build_task`, `plan_folds`, `expand_representations`,
   `build_representations` (one fold's representations), `run_cell`, then `mean_rows` (means
-  with intervals), `paired_gains` and `recommend`;
+  with intervals), `paired_gains`, `mean_gains` (averaged over classifiers) and `recommend`;
 - Ray adapter: `run_cells_ray` runs one task per (task, fold) that builds the representations
   into the object store, and one task per cell that reads them (`run_cells_local` is the same
   without Ray, for tiny runs and tests);
@@ -896,6 +896,71 @@ def paired_gains(
     return out
 
 
+def mean_gains(
+    tasks: list[Task],
+    folds: dict[str, list[Fold]],
+    preds: dict,
+    means: list[dict],
+    representations: list[str],
+    classifiers: list[str],
+    sc: ScoreConfig,
+) -> list[dict]:
+    """Gain of each learned representation over the best raw one and the best PCA one in the
+    metric averaged over every classifier, with a paired bootstrap interval (the same row draws
+    for all classifiers, `scoring.paired_mean_gain_ci`) on the pooled out-of-fold predictions.
+
+    The baseline of a family is its member with the highest classifier-averaged mean test score
+    (picked on test rows: it favours the baseline). Pooling uses the outer folds where every
+    classifier has predictions on both sides.
+    """
+    metric = sc.metric
+    mean_of = {(m["task"], m["representation"], m["classifier"]): m.get(metric) for m in means}
+    out = []
+    for task in tasks:
+        outer = [f for f in folds[task.name] if f.kind == "test"]
+        averaged = {}
+        for rep in representations:
+            values = [mean_of.get((task.name, rep, c)) for c in classifiers]
+            if all(v is not None for v in values):
+                averaged[rep] = float(np.mean(values))
+        for base_family, candidates in GAIN_BASELINES.items():
+            base = _best(averaged, base_family)
+            if base is None:
+                continue
+            for rep in representations:
+                if family(rep) not in candidates or rep not in averaged:
+                    continue
+                common = [
+                    f.label
+                    for f in outer
+                    if all(
+                        (task.name, r, c, f.label) in preds for r in (rep, base) for c in classifiers
+                    )
+                ]
+                row = {
+                    "task": task.name,
+                    "representation": rep,
+                    "baseline": base_family,
+                    "baseline_representation": base,
+                    "metric": metric,
+                    "classifiers": list(classifiers),
+                    "n_folds": len(common),
+                    "candidate_score": averaged[rep],
+                    "baseline_score": averaged[base],
+                }
+                if not common:
+                    out.append({**row, "mean": None, "lo": None, "hi": None, "n_rows": 0})
+                    continue
+                y_true = _pooled(task, outer, preds, rep, classifiers[0], common)[0]
+                pred_a = [_pooled(task, outer, preds, base, c, common)[1] for c in classifiers]
+                pred_b = [_pooled(task, outer, preds, rep, c, common)[1] for c in classifiers]
+                ci = scoring.paired_mean_gain_ci(
+                    y_true, pred_a, pred_b, metric, sc.n_boot, sc.alpha, sc.seed
+                )
+                out.append({**row, **ci, "n_rows": len(y_true)})
+    return out
+
+
 def recommend(
     tasks: list[Task],
     validation_means: list[dict],
@@ -1123,6 +1188,9 @@ def run_score(
     gains = paired_gains(
         plan.tasks, plan.folds, outcome.preds, means, plan.representations, plan.classifiers, sc
     )
+    averaged = mean_gains(
+        plan.tasks, plan.folds, outcome.preds, means, plan.representations, plan.classifiers, sc
+    )
     recommendation = (
         recommend(plan.tasks, val_means, plan.representations, plan.classifiers, sc)
         if sc.validation_folds
@@ -1156,6 +1224,7 @@ def run_score(
         "results": [*test_rows, *means],
         "validation": [*val_rows, *val_means],
         "gains": gains,
+        "mean_gains": averaged,
         "recommendation": recommendation,
         "folds": outcome.fold_info,
         "failures": [

@@ -64,9 +64,11 @@ from adapt.trainer import (
     encode_with_classes,
     fit_head,
     holdout_mask,
+    init_skip,
     make_head,
     make_optimizer,
     make_split,
+    skip_moments,
     train_epochs,
     val_order,
 )
@@ -397,6 +399,8 @@ def train_loop_per_worker(loop: dict) -> None:
 
     torch.manual_seed(cfg.seed)
     head = make_head(cfg, plan.in_dims)
+    if head.skip_dim:  # the skip branch's principal components, over all workers' training rows
+        init_skip(head, collective.sum(skip_moments(train.x, head.modalities)))
     root = checkpoint_root(plan.output, plan.run_id)
     data = latest_checkpoint(store, root)
     state = TrainState()

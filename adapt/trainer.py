@@ -225,7 +225,55 @@ def make_head(cfg: TrainConfig, in_dims: dict[str, int]) -> MultiHead:
         dropout=cfg.dropout,
         normalize=cfg.normalize,
         preset=cfg.preset,
+        skip_dim=min(cfg.skip_pca, sum(in_dims.values())),
     )
+
+
+def skip_moments(x: dict[str, Tensor], modalities: Sequence[str]) -> np.ndarray:
+    """Row count, column sums and cross products of the concatenated inputs, flat float64
+    [1 + D + D*D]: summable over shards, and all `fit_skip` needs."""
+    cat = torch.cat([x[m] for m in modalities], dim=1).to(torch.float64)
+    return np.concatenate(
+        [[float(cat.shape[0])], cat.sum(dim=0).numpy(), (cat.T @ cat).numpy().ravel()]
+    )
+
+
+def fit_skip(
+    moments: np.ndarray, in_dims: dict[str, int], k: int, n_heads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The skip branch of a head: (mean [D], weight [D, k]) from `skip_moments` of the training
+    rows' normalised inputs.
+
+    Each modality's block is weighted to a total variance of 1 (so a wide image embedding does not
+    drown a narrow text one), then the top-k principal components are taken, signed so that each
+    one's largest entry is positive, and scaled so that the branch's mean squared norm equals
+    `n_heads`: the squared norm of the L2-normalised head outputs it sits beside.
+    """
+    dims = [in_dims[m] for m in sorted(in_dims)]
+    d = sum(dims)
+    n = max(float(moments[0]), 1.0)
+    mean = moments[1 : 1 + d] / n
+    cov = moments[1 + d :].reshape(d, d) / n - np.outer(mean, mean)
+    w = np.empty(d)
+    at = 0
+    for width in dims:
+        total = float(np.trace(cov[at : at + width, at : at + width]))
+        w[at : at + width] = 1.0 / math.sqrt(total) if total > 0 else 1.0
+        at += width
+    values, vectors = np.linalg.eigh(cov * w[:, None] * w[None, :])
+    top = np.argsort(values)[::-1][:k]
+    values, vectors = np.clip(values[top], 0.0, None), vectors[:, top]
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(len(top))])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    total = float(values.sum())
+    scale = math.sqrt(n_heads / total) if total > 0 else 1.0
+    return mean.astype(np.float32), (w[:, None] * vectors * scale).astype(np.float32)
+
+
+def init_skip(head: MultiHead, moments: np.ndarray) -> None:
+    """Fill `head`'s skip branch (if it has one) from `skip_moments` of its training rows."""
+    if head.skip_dim:
+        head.set_skip(*fit_skip(moments, head.in_dims, head.skip_dim, len(head.heads)))
 
 
 class PartsModel(nn.Module):
@@ -709,6 +757,8 @@ def fit_head(
         train = make_split(train_np, y_train, norm)
         val = make_split(val_np, y_val, norm) if len(y_val) else None
         head = make_head(cfg, {m: x.shape[1] for m, x in train_np.items()})
+        if head.skip_dim:
+            init_skip(head, skip_moments(train.x, head.modalities))
         model = PartsModel(head)
         optimizer = make_optimizer(head, cfg)
         state = train_epochs(model, head, optimizer, train, val, cfg, TrainState(), seed)

@@ -425,6 +425,22 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
         if r["fold"] == "mean"
     }
     assert means[("projected:per_modality", "cart")] > means[("raw:concat", "cart")]
+    # The gain averaged over the three classifiers, against each family's best.
+    averaged = {
+        (g["representation"], g["baseline"]): g
+        for g in report["mean_gains"]
+        if g["task"] == "label"
+    }
+    g = averaged[("projected:per_modality", "raw")]
+    assert g["classifiers"] == report["protocol"]["classifiers"] and g["n_rows"] == 480
+    assert g["lo"] <= g["mean"] <= g["hi"]
+    clfs = report["protocol"]["classifiers"]
+    raw_avg = max(
+        np.mean([means[(r, c)] for c in clfs]) for r in report["protocol"]["representations"]
+        if r.startswith("raw:")
+    )
+    assert g["baseline_score"] == pytest.approx(raw_avg)
+    assert "### Averaged over all 3 classifiers" in md
     assert report["inputs"]["manifest_sha256"] and report["inputs"]["rows"] == 480
     assert report["config"]["score"]["n_folds"] == 4
 

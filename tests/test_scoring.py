@@ -392,6 +392,26 @@ def test_paired_gain_ci_fast_path_matches_a_plain_function():
     assert fast["hi"] == pytest.approx(slow["hi"], abs=0.03)
 
 
+def test_paired_mean_gain_ci_averages_classifiers_on_shared_draws():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 400)
+    a1, b1 = _noisy_predictions(y, 0.4, 4, rng), _noisy_predictions(y, 0.1, 4, rng)
+    a2, b2 = _noisy_predictions(y, 0.2, 4, rng), _noisy_predictions(y, 0.25, 4, rng)
+    # One pair is exactly paired_gain_ci, same seed, same draws.
+    assert scoring.paired_mean_gain_ci(y, [a1], [b1], seed=3) == scoring.paired_gain_ci(
+        y, a1, b1, seed=3
+    )
+    both = scoring.paired_mean_gain_ci(y, [a1, a2], [b1, b2], seed=3)
+    g1 = f1_score(y, b1, average="macro") - f1_score(y, a1, average="macro")
+    g2 = f1_score(y, b2, average="macro") - f1_score(y, a2, average="macro")
+    assert both["mean"] == pytest.approx((g1 + g2) / 2)
+    assert both["lo"] < both["mean"] < both["hi"] and both["lo"] > 0  # g1 large, g2 small loss
+    same = scoring.paired_mean_gain_ci(y, [a1, a2], [a1.copy(), a2.copy()])
+    assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    with pytest.raises(ValueError, match="pairs"):
+        scoring.paired_mean_gain_ci(y, [a1], [b1, b2])
+
+
 def test_paired_gain_ci_multilabel():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, (200, 3))

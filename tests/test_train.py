@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from adapt.artifact import (
@@ -114,14 +115,16 @@ def test_local_run_round_trip_and_rerun(tmp_path):
 
 def test_head_round_trips_through_safetensors(tmp_path):
     features, labels = buried_signal(300, DIMS, seed=2)
-    fit = fit_head(features, labels, make_config("x", epochs=3).train)
+    fit = fit_head(features, labels, make_config("x", epochs=3, skip_pca=4).train)
     store = Storage()
     uri = str(tmp_path / "heads" / "h1")
     save_head(store, uri, fit, {"run_id": "h1"})
     applied = load_head(uri)
     expected = project(fit.head, features)
     assert np.array_equal(applied(features), expected)
-    assert applied.out_dim == 32 and applied.modalities == ["image", "text"]
+    # Two heads of 16 plus the 4-wide skip branch, whose buffers travel in the safetensors file.
+    assert applied.out_dim == 36 and applied.modalities == ["image", "text"]
+    assert torch.equal(applied.head.skip_weight, fit.head.skip_weight)
     assert applied.card["run_id"] == "h1" and applied.card["n_train"] == fit.n_train
     # Tables and data frames with *_embedding columns work too.
     frame = pd.DataFrame({f"{m}_embedding": list(x) for m, x in features.items()})
@@ -203,7 +206,8 @@ def test_apply_writes_one_projected_file_per_embeddings_file(ray_local, tmp_path
     result = run_train(make_config(out, local=True, epochs=2))
     dest = str(tmp_path / "projected")
     applied = apply_head(store, result.head, out, dest, num_cpus=0.5)
-    assert (applied.files, applied.rows, applied.out_dim) == (3, 300, 32)
+    # Two heads of 16 outputs, plus the skip branch clipped to the 24 + 16 input dims.
+    assert (applied.files, applied.rows, applied.out_dim) == (3, 300, 32 + 40)
     files = sorted(p.name for p in Path(dest).glob("*.parquet"))
     assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     table = store.read_parquet(join(dest, files[0]))

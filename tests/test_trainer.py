@@ -13,9 +13,11 @@ from adapt.trainer import (
     auroc,
     epoch_batches,
     fit_head,
+    fit_skip,
     holdout_mask,
     make_head,
     project,
+    skip_moments,
 )
 from tests.synthetic import buried_signal, knn_accuracy
 
@@ -187,7 +189,11 @@ def test_batches_without_positive_pairs_are_skipped_and_counted():
     rng = np.random.default_rng(0)
     labels = [f"c{i // 2}" for i in range(60)]
     features = {"text": rng.normal(size=(60, 8)).astype(np.float32)}
-    cfg = TrainConfig(**{**FAST, "batch_size": 4, "epochs": 2}, patience=None, val_fraction=0.0)
+    cfg = TrainConfig(
+        **{**FAST, "batch_size": 4, "epochs": 2, "sampler": "shuffle"},
+        patience=None,
+        val_fraction=0.0,
+    )
     result = fit_head(features, labels, cfg)
     for h in result.history:
         assert 0 < h["skipped_batches"] < h["steps"]
@@ -207,7 +213,8 @@ def test_multilabel_fit(task):
         assert result.task_type == "multilabel"
         assert result.classes == ["c0", "c1", "c2", "c3", "extra"]
         assert all(np.isfinite(h["train_loss"]) for h in result.history)
-        assert project(result.head, features).shape == (400, 32)
+        assert result.head.skip_dim == 56  # the default 128, clipped to the input width
+        assert project(result.head, features).shape == (400, 32 + 56)
 
 
 @pytest.mark.parametrize(
@@ -250,3 +257,53 @@ def test_projection_separates_classes_that_raw_embeddings_do_not():
     projected_acc = knn_accuracy(z[train], y_train, z[test], y_test)
     assert raw_acc < 0.5  # chance is 0.25: the noise dimensions dominate
     assert projected_acc > raw_acc + 0.3, (raw_acc, projected_acc)
+
+
+# -- the skip branch ---------------------------------------------------------------------------
+
+
+def test_skip_branch_is_the_principal_components_of_the_weighted_inputs():
+    # Two modalities of very different scale: each is weighted to total variance 1 before PCA, so
+    # the skip branch equals scikit-learn's PCA of the block-weighted concatenation (up to sign).
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    x = {"image": rng.normal(size=(300, 12)) * 40.0, "text": rng.normal(size=(300, 5))}
+    x["text"][:, 0] += x["image"][:, 0] / 40.0  # shared structure across modalities
+    tensors = {m: torch.from_numpy(v) for m, v in x.items()}
+    mean, weight = fit_skip(skip_moments(tensors, ["image", "text"]), {"image": 12, "text": 5}, 4, 2)
+    assert mean.shape == (17,) and weight.shape == (17, 4)
+
+    cat = np.concatenate([x["image"], x["text"]], axis=1)
+    w = np.concatenate([np.full(12, 1 / np.sqrt(x["image"].var(0).sum())),
+                        np.full(5, 1 / np.sqrt(x["text"].var(0).sum()))])
+    expected = PCA(4).fit_transform(cat * w)
+    got = (cat - mean) @ weight
+    for j in range(4):  # same directions, one common scale
+        corr = np.corrcoef(got[:, j], expected[:, j])[0, 1]
+        assert abs(corr) > 0.999
+    # Largest entry of each component positive (a deterministic sign), and the branch's mean
+    # squared norm equals the number of heads it sits beside (2 here).
+    assert (weight[np.abs(weight).argmax(axis=0), np.arange(4)] > 0).all()
+    centred = cat - cat.mean(axis=0)
+    assert np.mean(np.sum((centred @ weight) ** 2, axis=1)) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_fit_head_fills_the_skip_branch_and_projects_it(task):
+    features, labels = task
+    cfg = TrainConfig(**FAST, skip_pca=3)
+    fit = fit_head(features, labels, cfg)
+    head = fit.head
+    assert head.skip_dim == 3 and head.out_dim == 16 * len(features) + 3
+    assert torch.count_nonzero(head.skip_weight) > 0
+    z = project(head, features)
+    assert z.shape == (len(labels), head.out_dim)
+    # The skip columns are the fixed linear map of the normalised inputs, nothing trained.
+    norm = head.input_norm
+    xs = norm.apply({m: torch.from_numpy(v) for m, v in features.items()})
+    cat = torch.cat([xs[m] for m in head.modalities], dim=1)
+    expected = ((cat - head.skip_mean) @ head.skip_weight).numpy()
+    np.testing.assert_allclose(z[:, -3:], expected, rtol=1e-4, atol=1e-5)
+    # Off, and under the paper preset, there is no branch.
+    assert fit_head(features, labels, TrainConfig(**FAST, skip_pca=0)).head.skip_dim == 0
+    assert make_head(TrainConfig(preset="paper"), {"text": 8}).skip_dim == 0
