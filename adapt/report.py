@@ -477,10 +477,16 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
                 f"{_fmt(rec['score'])}, mean over classifiers). {rec['basis']}.",
             ]
             per = ", ".join(
-                f"{c}: `{v['representation']}`" for c, v in rec.get("by_classifier", {}).items()
+                f"{c}: `{v['representation']}`"
+                + (
+                    f" (kept: `{v['best_on_validation']}` scored higher, without a clear gain)"
+                    if v.get("kept_raw")
+                    else ""
+                )
+                for c, v in rec.get("by_classifier", {}).items()
             )
             if per:
-                lines.append(f"Best on validation per classifier: {per}.")
+                lines.append(f"Recommended per classifier: {per}.")
         lines += [
             "",
             f"### {metric} by representation and classifier",

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -961,22 +962,74 @@ def mean_gains(
     return out
 
 
+def _validation_gain(
+    task: Task,
+    folds: list[Fold],
+    preds: dict,
+    classifiers: list[str],
+    sc: ScoreConfig,
+    base: str,
+    rep: str,
+) -> dict | None:
+    """Paired interval of rep - base on the pooled validation predictions (averaged over
+    `classifiers` when there are several); None when no validation fold has both."""
+    val = [f for f in folds if f.kind == "validation"]
+    common = [
+        f.label
+        for f in val
+        if all((task.name, r, c, f.label) in preds for r in (rep, base) for c in classifiers)
+    ]
+    if not common:
+        return None
+    y_true = _pooled(task, val, preds, rep, classifiers[0], common)[0]
+    pred_a = [_pooled(task, val, preds, base, c, common)[1] for c in classifiers]
+    pred_b = [_pooled(task, val, preds, rep, c, common)[1] for c in classifiers]
+    ci = scoring.paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
+    return {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
+
+
+def _guarded(
+    scores: dict[str, float], gain: Callable[[str, str], dict | None]
+) -> tuple[str | None, dict]:
+    """The best-scoring representation, unless it is not raw and its paired gain over the best
+    raw one on validation rows has an interval reaching zero or below: then the best raw one."""
+    if not scores:
+        return None, {}
+    best = max(scores, key=lambda r: (scores[r], r))
+    base = _best(scores, RAW)
+    if family(best) == RAW or base is None:
+        return best, {"best_on_validation": best}
+    g = gain(base, best)
+    note = {"best_on_validation": best, "validation_gain_over_raw": g}
+    if g is not None and g["lo"] <= 0:
+        return base, {**note, "kept_raw": True}
+    return best, note
+
+
 def recommend(
     tasks: list[Task],
     validation_means: list[dict],
     representations: list[str],
     classifiers: list[str],
     sc: ScoreConfig,
+    folds: dict[str, list[Fold]] | None = None,
+    preds: dict | None = None,
 ) -> dict[str, dict]:
     """Per task, the representation with the best validation score averaged over classifiers;
-    also the best per classifier. Reads only validation cells (inner splits of training rows)."""
+    also the best per classifier. Reads only validation cells (inner splits of training rows).
+
+    A representation other than raw is recommended only when its paired gain over the best raw
+    one on the pooled validation predictions (`folds`, `preds`) has an interval above zero;
+    otherwise the best raw one is: changing what a user feeds a classifier needs evidence."""
     metric = sc.metric
+    preds = preds or {}
     out = {}
     for task in tasks:
         basis = (
             f"Chosen on validation scores only: an inner validation split holding out "
             f"{sc.val_fraction:.0%} of the training rows of {sc.validation_folds} outer fold(s); "
-            "no test row was used"
+            "a representation other than raw only with a validation gain over the best raw one "
+            f"whose {1 - sc.alpha:.0%} paired interval is above zero; no test row was used"
         )
         table = {
             (m["representation"], m["classifier"]): m.get(metric)
@@ -993,19 +1046,24 @@ def recommend(
                 "basis": "no validation cells (score.validation_folds is 0)",
             }
             continue
+        task_folds = (folds or {}).get(task.name, [])
         scores = {}
         for rep in representations:
             values = [table.get((rep, c)) for c in classifiers]
             if all(v is not None for v in values):
                 scores[rep] = float(np.mean(values))
-        best = max(scores, key=lambda r: (scores[r], r)) if scores else None
+        best, note = _guarded(
+            scores, partial(_validation_gain, task, task_folds, preds, classifiers, sc)
+        )
         by_clf = {}
         for clf in classifiers:
             cands = {r: table.get((r, clf)) for r in representations}
             cands = {r: v for r, v in cands.items() if v is not None}
             if cands:
-                r = max(cands, key=lambda k: (cands[k], k))
-                by_clf[clf] = {"representation": r, "score": cands[r]}
+                r, clf_note = _guarded(
+                    cands, partial(_validation_gain, task, task_folds, preds, [clf], sc)
+                )
+                by_clf[clf] = {"representation": r, "score": cands[r], **clf_note}
         out[task.name] = {
             "representation": best,
             "metric": metric,
@@ -1013,6 +1071,7 @@ def recommend(
             "by_classifier": by_clf,
             "scores": scores,
             "basis": basis,
+            **note,
         }
     return out
 
@@ -1192,7 +1251,15 @@ def run_score(
         plan.tasks, plan.folds, outcome.preds, means, plan.representations, plan.classifiers, sc
     )
     recommendation = (
-        recommend(plan.tasks, val_means, plan.representations, plan.classifiers, sc)
+        recommend(
+            plan.tasks,
+            val_means,
+            plan.representations,
+            plan.classifiers,
+            sc,
+            plan.folds,
+            outcome.preds,
+        )
         if sc.validation_folds
         else {}
     )

@@ -441,6 +441,14 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
     )
     assert g["baseline_score"] == pytest.approx(raw_avg)
     assert "### Averaged over all 3 classifiers" in md
+    # Every recommendation away from raw rests on a validation gain with its interval above zero.
+    for rec in report["recommendation"].values():
+        for clf, pick in rec["by_classifier"].items():
+            gain = pick.get("validation_gain_over_raw")
+            if not pick["representation"].startswith("raw:"):
+                assert gain["lo"] > 0, (clf, pick)
+            if pick.get("kept_raw"):
+                assert gain["lo"] <= 0 and pick["best_on_validation"] != pick["representation"]
     assert report["inputs"]["manifest_sha256"] and report["inputs"]["rows"] == 480
     assert report["config"]["score"]["n_folds"] == 4
 
@@ -470,3 +478,28 @@ def test_failing_cells_are_reported_not_fatal(tmp_path, corpus):
     assert {f["classifier"] for f in result.report["failures"]} == {"logreg"}
     md = (tmp_path / "out" / "reports" / "f" / "report.md").read_text()
     assert "## Failed cells (2)" in md and "max_iter" in md
+
+
+def test_recommendation_keeps_raw_without_evidence_of_a_gain():
+    scores = {"raw:text": 0.70, "raw:concat": 0.72, "pca:concat": 0.73, "projected:single": 0.74}
+    seen = []
+
+    def gain(lo):
+        def f(base, rep):
+            seen.append((base, rep))
+            return {"mean": 0.02, "lo": lo, "hi": 0.05}
+
+        return f
+
+    # An interval reaching zero: the best raw one stays.
+    pick, note = score._guarded(scores, gain(-0.01))
+    assert pick == "raw:concat" and note["kept_raw"] and note["best_on_validation"] == "projected:single"
+    assert seen == [("raw:concat", "projected:single")]  # compared against the best raw one
+    # A clear gain: the learned one.
+    pick, note = score._guarded(scores, gain(0.005))
+    assert pick == "projected:single" and "kept_raw" not in note
+    # Raw best on validation, or nothing to compare with: no test needed.
+    assert score._guarded({"raw:text": 0.8, "pca:text": 0.7}, gain(-1))[0] == "raw:text"
+    assert score._guarded({"pca:text": 0.8, "projected:single": 0.7}, gain(-1))[0] == "pca:text"
+    # No validation predictions to test on: the best one, as before.
+    assert score._guarded(scores, lambda b, r: None)[0] == "projected:single"

@@ -48,6 +48,7 @@ CLASSIFIER_PARAMS = {"xgboost": {"n_estimators": 100, "max_bin": 32}}
 # classifier, with the interval above zero; the recommended representation of no (task,
 # classifier) cell is worse than the best raw one by more than this.
 CELL_TOLERANCE = 0.01
+LEARNED = ("projected", "head")
 ENCODERS = {"emoji": {"text": "minilm-l6", "image": "efficientnet-lite0"},
             "icd10": {"text": "minilm-l6"},
             "tuxpaint": {"text": "minilm-l6", "image": "efficientnet-lite0"}}
@@ -118,17 +119,21 @@ def build_corpus(name: str, root: Path, icd10_rows: int) -> str:
     return str(out)
 
 
-def run_corpus(name: str, corpus: str, out: Path, folds: int, classifiers: list[str] | None) -> dict:
+def run_corpus(
+    name: str, corpus: str, out: Path, folds: int, classifiers: list[str] | None,
+    train: dict | None = None, run_id: str = "quality", seed: int = 0,
+) -> dict:
     from adapt.extract import run_extract
     from adapt.score import run_score
 
-    score = {"tasks": TASKS[name], "n_folds": folds, "run_id": "quality", "plots": True,
+    score = {"tasks": TASKS[name], "n_folds": folds, "run_id": run_id, "plots": True, "seed": seed,
              "representations": REPRESENTATIONS[name], "classifier_params": CLASSIFIER_PARAMS}
     if classifiers:
         score["classifiers"] = classifiers
     config = load_config(data={
         "corpus": corpus, "output": str(out / name), "encoders": ENCODERS[name],
         "extract": {"batch_size": 64, "torch_threads": 2},
+        "train": train or {},
         "score": score,
     })
     store = Storage()
@@ -154,10 +159,7 @@ def table(results: list[dict], metric: str = "macro_f1") -> str:
     for r in results:
         rows = [x for x in r["report"]["results"] if x.get("fold") == "mean"]
         for x in sorted(rows, key=lambda x: (x["task"], x["representation"], x["classifier"])):
-            m = x.get(metric)
-            ci = x.get(f"{metric}_ci") or {}
-            value = m["mean"] if isinstance(m, dict) else m
-            lo, hi = ci.get("lo"), ci.get("hi")
+            value, lo, hi = x.get(metric), x.get(f"{metric}_lo"), x.get(f"{metric}_hi")
             if value is None:
                 continue
             interval = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else ""
@@ -179,7 +181,7 @@ def check_bar(results: list[dict]) -> dict:
             name = task["name"]
             gains: dict[str, dict] = {}
             for g in report.get("mean_gains", []):
-                if g["task"] == name:
+                if g["task"] == name and g["representation"].partition(":")[0] in LEARNED:
                     gains.setdefault(g["representation"], {})[g["baseline"]] = g
             best = max(gains, key=lambda rep: min(g["lo"] if g.get("lo") is not None else -1
                                                   for g in gains[rep].values()), default=None)
@@ -224,6 +226,49 @@ def bar_table(bar: dict) -> str:
     return "\n".join(lines)
 
 
+def averaged_table(results: list[dict]) -> str:
+    """Per task and representation: the metric averaged over the classifiers, and the paired
+    gains of the learned ones over the best raw and the best PCA representation."""
+    lines = ["| task | representation | mean macro-F1 (7 classifiers) | gain over best raw [95%] "
+             "| gain over best PCA [95%] |", "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        report = r["report"]
+        clfs = report["protocol"]["classifiers"]
+        means = {(x["task"], x["representation"], x["classifier"]): x.get("macro_f1")
+                 for x in report["results"] if x.get("fold") == "mean"}
+        gains = {(g["task"], g["representation"], g["baseline"]): g
+                 for g in report.get("mean_gains", [])}
+        for task in report["tasks"]:
+            for rep in report["protocol"]["representations"]:
+                values = [means.get((task["name"], rep, c)) for c in clfs]
+                if any(v is None for v in values):
+                    continue
+                cells = []
+                for base in ("raw", "pca"):
+                    g = gains.get((task["name"], rep, base))
+                    cells.append("-" if not g or g.get("mean") is None else
+                                 f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
+                lines.append(f"| {task['name']} | {rep} | {sum(values) / len(values):.3f} | "
+                             f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, results: list[dict], wall_s: float | None, run_id: str) -> dict:
+    bar = check_bar(results)
+    md = "\n\n".join([bar_table(bar), averaged_table(results), table(results)])
+    summary = {"wall_s": wall_s, "bar": bar,
+               "corpora": {r["corpus"]: {"stages": r.get("stages"), "report_dir": r["report_dir"]}
+                           for r in results}}
+    (out / f"{run_id}.md").write_text(md + "\n")
+    (out / f"{run_id}.json").write_text(json.dumps(
+        {**summary, "results": {r["corpus"]: r["report"]["results"] for r in results},
+         "recommendations": {r["corpus"]: r["report"].get("recommendation") for r in results}},
+        indent=2, default=str))
+    print(md)
+    print(json.dumps({k: v for k, v in summary.items() if k != "bar"}, indent=2))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpora", default="emoji,icd10,tuxpaint")
@@ -231,7 +276,24 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--classifiers", default=None, help="comma list; default: all seven")
     p.add_argument("--out", default="out/bench/quality")
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train setting (YAML value) for an ablation, e.g. skip_pca=0; "
+                   "the default is what the product ships")
+    p.add_argument("--seed", type=int, default=0, help="score.seed: folds, classifiers, heads")
+    p.add_argument("--run-id", default="quality",
+                   help="report folder name, and {run-id}.md/.json in --out; ablations sharing "
+                   "--out reuse its embeddings")
+    p.add_argument("--summarize", action="store_true",
+                   help="only rebuild the tables from the reports of an earlier run in --out")
     args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    if args.summarize:
+        results = []
+        for name in args.corpora.split(","):
+            report_dir = out / name / "reports" / args.run_id
+            report = json.loads((report_dir / "report.json").read_text())
+            results.append({"corpus": name, "report": report, "report_dir": str(report_dir)})
+        return write_summary(out, results, None, args.run_id)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import logging
 
@@ -239,7 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    out = Path(args.out).resolve()
+    import yaml
+
+    train = {}
+    for item in args.train:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--train takes KEY=VALUE, got {item!r}")
+        train[key] = yaml.safe_load(value)
     out.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 2**20, include_dashboard=False,
              log_to_driver=False)
@@ -250,25 +319,14 @@ def main(argv: list[str] | None = None) -> dict:
             corpus = build_corpus(name, out, args.icd10_rows)
             build_s = round(time.perf_counter() - t, 1)
             result = run_corpus(name, corpus, out, args.folds,
-                                args.classifiers.split(",") if args.classifiers else None)
+                                args.classifiers.split(",") if args.classifiers else None, train,
+                                args.run_id, args.seed)
             result["stages"]["build"] = {"wall_s": build_s}
             results.append(result)
             print(f"{name}: {json.dumps(result['stages'])}", flush=True)
     finally:
         ray.shutdown()
-    bar = check_bar(results)
-    md = bar_table(bar) + "\n\n" + table(results)
-    summary = {"wall_s": round(time.perf_counter() - t0, 1), "bar": bar,
-               "corpora": {r["corpus"]: {"stages": r["stages"], "report_dir": r["report_dir"]}
-                           for r in results}}
-    (out / "quality.md").write_text(md + "\n")
-    (out / "quality.json").write_text(json.dumps(
-        {**summary, "results": {r["corpus"]: r["report"]["results"] for r in results},
-         "recommendations": {r["corpus"]: r["report"].get("recommendation") for r in results}},
-        indent=2, default=str))
-    print(md)
-    print(json.dumps(summary, indent=2))
-    return summary
+    return write_summary(out, results, round(time.perf_counter() - t0, 1), args.run_id)
 
 
 if __name__ == "__main__":
