@@ -363,17 +363,25 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     embedded_now = 0
     commit_task = ray.remote(num_cpus=0.25)(commit_shard)
     count_task = ray.remote(num_cpus=0.25)(readers.count_rows)
+    # The reject budget runs on totals over committed shards, kept up to date wave by wave.
+    seen = sum(records[k]["input_rows"] for k in committed)
+    rejected = sum(records[k]["rejected"] for k in committed)
     for w in range(0, len(pending), ext.shards_per_wave):
         wave_shards = pending[w: w + ext.shards_per_wave]
         wave = f"wave-{uuid.uuid4().hex[:12]}"
         t_wave = time.perf_counter()
-        expected_refs = [count_task.remote(store, s, config.corpus, ext.max_rows_per_shard)
-                         for s in wave_shards]
+        # Row counts that prove embedded + rejected = input. Parquet and manifest shards count
+        # from metadata, independently of the read; a WebDataset tar has no index, so its read
+        # task counts the rows it yields (one read of each tar, not two).
+        counts_dir = join(staging_dir(config.output), wave, "_counts")
+        expected_refs = {s.key: count_task.remote(store, s, config.corpus, ext.max_rows_per_shard)
+                         for s in wave_shards if s.format != "webdataset"}
         ds = ray.data.from_items([{"i": i} for i in range(len(wave_shards))],
                                  override_num_blocks=len(wave_shards))
         ds = ds.map_batches(
             _read_shards_fn, fn_kwargs={"store": store, "shards": wave_shards, "previous": previous,
-                                        "corpus": config.corpus, "max_rows": ext.max_rows_per_shard},
+                                        "corpus": config.corpus, "max_rows": ext.max_rows_per_shard,
+                                        "counts_dir": counts_dir},
             batch_size=1, batch_format="pyarrow", num_cpus=0.25,
         )
         ds = ds.map_batches(
@@ -397,18 +405,23 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
             fingerprints = json.loads(row["fingerprints"]) or fingerprints
             for k, v in json.loads(row["timings"] or "{}").items():
                 timings[k] += v
-        expected = ray.get(expected_refs)
-        records = ray.get([
-            commit_task.remote(store, config.output, s, by_shard.get(s.key, []), n, fingerprints,
-                               lineage, signatures[s.key])
-            for s, n in zip(wave_shards, expected, strict=True)
+        counted = dict(zip(expected_refs, ray.get(list(expected_refs.values())), strict=True))
+        for sh in wave_shards:
+            if sh.key not in counted:
+                counted[sh.key] = store.read_json(join(counts_dir, f"{sh.key}.json"))["rows"]
+        done = ray.get([
+            commit_task.remote(store, config.output, s, by_shard.get(s.key, []), counted[s.key],
+                               fingerprints, lineage, signatures[s.key])
+            for s in wave_shards
         ])
-        embedded_now += sum(r["newly_embedded"] for r in records)
+        embedded_now += sum(r["newly_embedded"] for r in done)
         store.delete(join(staging_dir(config.output), wave), recursive=True)
         timings["commit_s"] += time.perf_counter() - t_commit
-        _check_budget(store, config, shards)
-        log.info("extract: wave of %d shards done (%d rows)", len(records),
-                 sum(r["input_rows"] for r in records))
+        seen += sum(r["input_rows"] for r in done)
+        rejected += sum(r["rejected"] for r in done)
+        _check_budget(config, seen, rejected)
+        log.info("extract: wave of %d shards done (%d rows)", len(done),
+                 sum(r["input_rows"] for r in done))
     manifest_uri, totals = write_manifest(store, config, shards, lineage)
     return ExtractResult(
         output=join(config.output, "embeddings"), shards=len(shards), skipped_shards=len(committed),
@@ -419,7 +432,7 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
 
 
 def _read_shards_fn(batch: pa.Table, store: Storage, shards: list, previous: dict, corpus: str,
-                    max_rows):
+                    max_rows, counts_dir: str):
     for i in batch.column("i").to_pylist():
         shard = shards[i]
         known: dict[str, str] = {}
@@ -428,8 +441,12 @@ def _read_shards_fn(batch: pa.Table, store: Storage, shards: list, previous: dic
             if schema.CONTENT_HASH in old.column_names:
                 known = dict(zip(old.column(schema.ID).to_pylist(),
                                  old.column(schema.CONTENT_HASH).to_pylist(), strict=True))
+        rows = 0
         for table in readers.read_shard(store, shard, corpus, max_rows):
+            rows += table.num_rows
             yield readers.mark_reusable(table, known)
+        if shard.format == "webdataset":  # every row has been handed on: record the count
+            store.write_json(join(counts_dir, f"{shard.key}.json"), {"rows": rows})
 
 
 def encoders_fingerprint_id(config: Config) -> str:
@@ -455,10 +472,7 @@ def _records(store: Storage, output: str, shards: list[readers.Shard]) -> list[d
     return [r for s in shards if (r := store.read_json_or_none(commit_path(output, s.key)))]
 
 
-def _check_budget(store: Storage, config: Config, shards: list[readers.Shard]) -> None:
-    records = _records(store, config.output, shards)
-    seen = sum(r["input_rows"] for r in records)
-    rejected = sum(r["rejected"] for r in records)
+def _check_budget(config: Config, seen: int, rejected: int) -> None:
     if seen and rejected / seen > config.extract.max_reject_fraction:
         raise RejectBudgetExceeded(
             f"{rejected} of {seen} rows rejected ({rejected / seen:.1%}), over "
