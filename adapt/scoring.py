@@ -744,10 +744,9 @@ def paired_gain_ci(
             f"y_true {y_true.shape}, pred_a {pred_a.shape} and pred_b {pred_b.shape} must be"
             " non-empty and the same shape: predictions of both sides on the same test rows"
         )
-    n = len(y_true)
-    rng = np.random.default_rng(seed)
-
     if callable(metric_fn):
+        n = len(y_true)
+        rng = np.random.default_rng(seed)
         point = metric_fn(y_true, pred_b) - metric_fn(y_true, pred_a)
         stats = np.empty(n_boot)
         for i in range(n_boot):
@@ -760,31 +759,8 @@ def paired_gain_ci(
             f"unknown metric {metric_fn!r}: use one of {list(FAST_GAIN_METRICS)} or a function"
             " f(y_true, y_pred) -> float"
         )
-    if y_true.ndim == 2:
-        task_type, n_classes = "multilabel", y_true.shape[1]
-    else:
-        task_type = "multiclass"
-        n_classes = int(max(y_true.max(), pred_a.max(), pred_b.max())) + 1
-    y_true = _check_ids(y_true, task_type, n_classes, "y_true")
-    pred_a = _check_ids(pred_a, task_type, n_classes, "pred_a")
-    pred_b = _check_ids(pred_b, task_type, n_classes, "pred_b")
-
-    def gain(w: np.ndarray) -> np.ndarray:
-        b = _count_metric(metric_fn, y_true, pred_b, task_type, n_classes, w)
-        a = _count_metric(metric_fn, y_true, pred_a, task_type, n_classes, w)
-        return b - a
-
-    point = float(gain(np.ones((1, n)))[0])
-    block = max(1, _BOOT_BLOCK_DRAWS // n)
-    stats = []
-    for start in range(0, n_boot, block):
-        m = min(block, n_boot - start)
-        idx = rng.integers(0, n, size=(m, n))
-        # How often each row was drawn, per resample: a (m x rows) weight matrix.
-        flat = (np.arange(m)[:, None] * n + idx).ravel()
-        w = np.bincount(flat, minlength=m * n).reshape(m, n).astype(float)
-        stats.append(gain(w))
-    return _interval(point, np.concatenate(stats), alpha)
+    # The count-based bootstrap, shared with the classifier-averaged gain: one pair is its k = 1.
+    return paired_mean_gain_ci(y_true, [pred_a], [pred_b], metric_fn, n_boot, alpha, seed)
 
 
 def paired_mean_gain_ci(
@@ -818,6 +794,12 @@ def paired_mean_gain_ci(
         task_type = "multiclass"
         n_classes = int(max(y_true.max(), *(p.max() for p in (*preds_a, *preds_b)))) + 1
     y_true = _check_ids(y_true, task_type, n_classes, "y_true")
+
+    def name(side: str, k: int) -> str:
+        return f"pred_{side}" if len(preds_a) == 1 else f"preds_{side}[{k}]"
+
+    preds_a = [_check_ids(p, task_type, n_classes, name("a", k)) for k, p in enumerate(preds_a)]
+    preds_b = [_check_ids(p, task_type, n_classes, name("b", k)) for k, p in enumerate(preds_b)]
 
     def gain(w: np.ndarray) -> np.ndarray:
         total = np.zeros(len(w))
