@@ -897,6 +897,45 @@ def paired_gains(
     return out
 
 
+def _pooled_gain(
+    task: Task,
+    folds: list[Fold],
+    preds: dict,
+    classifiers: list[str],
+    sc: ScoreConfig,
+    base: str,
+    rep: str,
+) -> dict | None:
+    """Paired interval of rep - base in the metric averaged over `classifiers`, on the predictions
+    pooled over those of `folds` (test or validation) where every classifier has both sides;
+    None when no fold has."""
+    common = [
+        f.label
+        for f in folds
+        if all((task.name, r, c, f.label) in preds for r in (rep, base) for c in classifiers)
+    ]
+    if not common:
+        return None
+    y_true = _pooled(task, folds, preds, rep, classifiers[0], common)[0]
+    pred_a = [_pooled(task, folds, preds, base, c, common)[1] for c in classifiers]
+    pred_b = [_pooled(task, folds, preds, rep, c, common)[1] for c in classifiers]
+    ci = scoring.paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
+    return {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
+
+
+def _averaged(
+    table: dict[tuple[str, str], float | None], representations: list[str], classifiers: list[str]
+) -> dict[str, float]:
+    """representation -> its score averaged over `classifiers`, from a (representation,
+    classifier) -> score table; representations missing a classifier's score are left out."""
+    out = {}
+    for rep in representations:
+        values = [table.get((rep, c)) for c in classifiers]
+        if all(v is not None for v in values):
+            out[rep] = float(np.mean(values))
+    return out
+
+
 def mean_gains(
     tasks: list[Task],
     folds: dict[str, list[Fold]],
@@ -915,15 +954,12 @@ def mean_gains(
     classifier has predictions on both sides.
     """
     metric = sc.metric
-    mean_of = {(m["task"], m["representation"], m["classifier"]): m.get(metric) for m in means}
     out = []
     for task in tasks:
         outer = [f for f in folds[task.name] if f.kind == "test"]
-        averaged = {}
-        for rep in representations:
-            values = [mean_of.get((task.name, rep, c)) for c in classifiers]
-            if all(v is not None for v in values):
-                averaged[rep] = float(np.mean(values))
+        table = {(m["representation"], m["classifier"]): m.get(metric)
+                 for m in means if m["task"] == task.name}
+        averaged = _averaged(table, representations, classifiers)
         for base_family, candidates in GAIN_BASELINES.items():
             base = _best(averaged, base_family)
             if base is None:
@@ -931,13 +967,6 @@ def mean_gains(
             for rep in representations:
                 if family(rep) not in candidates or rep not in averaged:
                     continue
-                common = [
-                    f.label
-                    for f in outer
-                    if all(
-                        (task.name, r, c, f.label) in preds for r in (rep, base) for c in classifiers
-                    )
-                ]
                 row = {
                     "task": task.name,
                     "representation": rep,
@@ -945,47 +974,13 @@ def mean_gains(
                     "baseline_representation": base,
                     "metric": metric,
                     "classifiers": list(classifiers),
-                    "n_folds": len(common),
                     "candidate_score": averaged[rep],
                     "baseline_score": averaged[base],
                 }
-                if not common:
-                    out.append({**row, "mean": None, "lo": None, "hi": None, "n_rows": 0})
-                    continue
-                y_true = _pooled(task, outer, preds, rep, classifiers[0], common)[0]
-                pred_a = [_pooled(task, outer, preds, base, c, common)[1] for c in classifiers]
-                pred_b = [_pooled(task, outer, preds, rep, c, common)[1] for c in classifiers]
-                ci = scoring.paired_mean_gain_ci(
-                    y_true, pred_a, pred_b, metric, sc.n_boot, sc.alpha, sc.seed
-                )
-                out.append({**row, **ci, "n_rows": len(y_true)})
+                gain = _pooled_gain(task, outer, preds, classifiers, sc, base, rep)
+                empty = {"mean": None, "lo": None, "hi": None, "n_rows": 0, "n_folds": 0}
+                out.append({**row, **(gain or empty)})
     return out
-
-
-def _validation_gain(
-    task: Task,
-    folds: list[Fold],
-    preds: dict,
-    classifiers: list[str],
-    sc: ScoreConfig,
-    base: str,
-    rep: str,
-) -> dict | None:
-    """Paired interval of rep - base on the pooled validation predictions (averaged over
-    `classifiers` when there are several); None when no validation fold has both."""
-    val = [f for f in folds if f.kind == "validation"]
-    common = [
-        f.label
-        for f in val
-        if all((task.name, r, c, f.label) in preds for r in (rep, base) for c in classifiers)
-    ]
-    if not common:
-        return None
-    y_true = _pooled(task, val, preds, rep, classifiers[0], common)[0]
-    pred_a = [_pooled(task, val, preds, base, c, common)[1] for c in classifiers]
-    pred_b = [_pooled(task, val, preds, rep, c, common)[1] for c in classifiers]
-    ci = scoring.paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
-    return {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
 
 
 def _guarded(
@@ -1046,14 +1041,10 @@ def recommend(
                 "basis": "no validation cells (score.validation_folds is 0)",
             }
             continue
-        task_folds = (folds or {}).get(task.name, [])
-        scores = {}
-        for rep in representations:
-            values = [table.get((rep, c)) for c in classifiers]
-            if all(v is not None for v in values):
-                scores[rep] = float(np.mean(values))
+        val_folds = [f for f in (folds or {}).get(task.name, []) if f.kind == "validation"]
+        scores = _averaged(table, representations, classifiers)
         best, note = _guarded(
-            scores, partial(_validation_gain, task, task_folds, preds, classifiers, sc)
+            scores, partial(_pooled_gain, task, val_folds, preds, classifiers, sc)
         )
         by_clf = {}
         for clf in classifiers:
@@ -1061,7 +1052,7 @@ def recommend(
             cands = {r: v for r, v in cands.items() if v is not None}
             if cands:
                 r, clf_note = _guarded(
-                    cands, partial(_validation_gain, task, task_folds, preds, [clf], sc)
+                    cands, partial(_pooled_gain, task, val_folds, preds, [clf], sc)
                 )
                 by_clf[clf] = {"representation": r, "score": cands[r], **clf_note}
         out[task.name] = {
