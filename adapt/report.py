@@ -98,6 +98,42 @@ def _rows(fold_schema: dict) -> dict:
     return {"type": "array", "items": {"oneOf": [fold_row, _MEAN_ROW]}}
 
 
+def _gain_row(extra: dict[str, Any]) -> dict[str, Any]:
+    """Schema of one gain row: a representation against a family's best, with `extra` fields
+    (the classifier, or the classifiers averaged over) required as well."""
+    return {
+        "type": "object",
+        "required": [
+            "task",
+            *extra,
+            "representation",
+            "baseline",
+            "baseline_representation",
+            "metric",
+            "mean",
+            "lo",
+            "hi",
+            "n_rows",
+            "n_folds",
+        ],
+        "properties": {
+            "task": {"type": "string"},
+            **extra,
+            "representation": {"type": "string"},
+            "baseline": {"enum": ["raw", "pca"]},
+            "baseline_representation": {"type": "string"},
+            "metric": {"type": "string"},
+            "mean": _NUM,
+            "lo": _NUM,
+            "hi": _NUM,
+            "candidate_score": _NUM,
+            "baseline_score": _NUM,
+            "n_rows": {"type": "integer"},
+            "n_folds": {"type": "integer"},
+        },
+    }
+
+
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "adapt score report",
@@ -205,74 +241,14 @@ REPORT_SCHEMA: dict[str, Any] = {
             "type": "array",
             "description": "paired bootstrap interval of metric(representation) - "
             "metric(baseline_representation) on pooled out-of-fold predictions",
-            "items": {
-                "type": "object",
-                "required": [
-                    "task",
-                    "classifier",
-                    "representation",
-                    "baseline",
-                    "baseline_representation",
-                    "metric",
-                    "mean",
-                    "lo",
-                    "hi",
-                    "n_rows",
-                    "n_folds",
-                ],
-                "properties": {
-                    "task": {"type": "string"},
-                    "classifier": {"type": "string"},
-                    "representation": {"type": "string"},
-                    "baseline": {"enum": ["raw", "pca"]},
-                    "baseline_representation": {"type": "string"},
-                    "metric": {"type": "string"},
-                    "mean": _NUM,
-                    "lo": _NUM,
-                    "hi": _NUM,
-                    "candidate_score": _NUM,
-                    "baseline_score": _NUM,
-                    "n_rows": {"type": "integer"},
-                    "n_folds": {"type": "integer"},
-                },
-            },
+            "items": _gain_row({"classifier": {"type": "string"}}),
         },
         "mean_gains": {
             "type": "array",
             "description": "per task: paired bootstrap interval of the metric averaged over all "
             "classifiers, representation minus the baseline family's best (same row draws for "
             "every classifier)",
-            "items": {
-                "type": "object",
-                "required": [
-                    "task",
-                    "representation",
-                    "baseline",
-                    "baseline_representation",
-                    "metric",
-                    "classifiers",
-                    "mean",
-                    "lo",
-                    "hi",
-                    "n_rows",
-                    "n_folds",
-                ],
-                "properties": {
-                    "task": {"type": "string"},
-                    "representation": {"type": "string"},
-                    "baseline": {"enum": ["raw", "pca"]},
-                    "baseline_representation": {"type": "string"},
-                    "metric": {"type": "string"},
-                    "classifiers": {"type": "array", "items": {"type": "string"}},
-                    "mean": _NUM,
-                    "lo": _NUM,
-                    "hi": _NUM,
-                    "candidate_score": _NUM,
-                    "baseline_score": _NUM,
-                    "n_rows": {"type": "integer"},
-                    "n_folds": {"type": "integer"},
-                },
-            },
+            "items": _gain_row({"classifiers": {"type": "array", "items": {"type": "string"}}}),
         },
         "recommendation": {
             "type": "object",
@@ -346,6 +322,10 @@ def _gain_text(g: dict | None) -> str:
     if not g or g.get("mean") is None:
         return "-"
     return f"{_fmt(g['mean'], True)} [{_fmt(g['lo'], True)}, {_fmt(g['hi'], True)}]"
+
+
+def _baseline_text(g: dict | None) -> str:
+    return f"`{g['baseline_representation']}`" if g else "-"
 
 
 def _task_line(t: dict, protocol: dict) -> str:
@@ -542,9 +522,9 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
                 score = (g_raw or g_pca)["candidate_score"]
                 lines.append(
                     f"| `{r}` | {_fmt(score)} | {_gain_text(g_raw)} | "
-                    f"{'`' + g_raw['baseline_representation'] + '`' if g_raw else '-'} | "
+                    f"{_baseline_text(g_raw)} | "
                     f"{_gain_text(g_pca)} | "
-                    f"{'`' + g_pca['baseline_representation'] + '`' if g_pca else '-'} |"
+                    f"{_baseline_text(g_pca)} |"
                 )
         cands = [r for r in reps if r.partition(":")[0] != "raw"]
         if cands:
@@ -568,9 +548,9 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
                     )
                     lines.append(
                         f"| {clf} | `{r}` | {_gain_text(g_raw)}{mark} | "
-                        f"{'`' + g_raw['baseline_representation'] + '`' if g_raw else '-'} | "
+                        f"{_baseline_text(g_raw)} | "
                         f"{_gain_text(g_pca)} | "
-                        f"{'`' + g_pca['baseline_representation'] + '`' if g_pca else '-'} |"
+                        f"{_baseline_text(g_pca)} |"
                     )
     failures = report.get("failures", [])
     if failures:
