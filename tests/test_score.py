@@ -43,6 +43,14 @@ def make_config(output: str, train: dict = FAST_TRAIN, **score_section) -> dict:
     }
 
 
+def output_over(corpus: str, tmp_path) -> str:
+    """A fresh output folder whose embeddings are the shared corpus's (a symlink, no copy)."""
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    return out
+
+
 @pytest.fixture(scope="module")
 def emb():
     return synthetic_embeddings(n_rows=300, n_classes=4, seed=1)
@@ -285,9 +293,7 @@ def test_failed_representation_becomes_failed_rows_not_a_crash(emb):
 
 
 def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus):
-    out = str(tmp_path / "out")
-    os.makedirs(out)
-    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    out = output_over(corpus, tmp_path)
     config = load_config(
         data=make_config(
             out,
@@ -335,9 +341,7 @@ def test_head_given_by_uri_is_scored_and_flagged(tmp_path, corpus, emb):
     fit = trainer.fit_head(emb.features, emb.columns["label"], TrainConfig(**TINY_TRAIN), seed=0)
     head_uri = str(tmp_path / "heads" / "given")
     save_head(store, head_uri, fit, {"run_id": "given"})
-    out = str(tmp_path / "out")
-    os.makedirs(out)
-    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    out = output_over(corpus, tmp_path)
     config = load_config(
         data=make_config(
             out,
@@ -454,9 +458,7 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
 
 
 def test_failing_cells_are_reported_not_fatal(tmp_path, corpus):
-    out = str(tmp_path / "out")
-    os.makedirs(out)
-    os.symlink(os.path.join(corpus, "embeddings"), os.path.join(out, "embeddings"))
+    out = output_over(corpus, tmp_path)
     config = load_config(
         data=make_config(
             out,

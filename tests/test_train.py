@@ -38,15 +38,17 @@ DIMS = {"text": 24, "image": 16}
 SMALL_HEAD = {"hidden_dims": [32], "out_dim": 16, "batch_size": 64, "torch_threads": 1}
 
 
+def config_data(output: str, **train) -> dict:
+    return {
+        "corpus": "unused",
+        "output": output,
+        "encoders": {"text": "minilm-l6"},
+        "train": {**SMALL_HEAD, **train},
+    }
+
+
 def make_config(output: str, **train):
-    return load_config(
-        data={
-            "corpus": "unused",
-            "output": output,
-            "encoders": {"text": "minilm-l6"},
-            "train": {**SMALL_HEAD, **train},
-        }
-    )
+    return load_config(data=config_data(output, **train))
 
 
 def write_task(store: Storage, output: str, n: int = 600, seed: int = 0, test_share: float = 0.3):
@@ -173,18 +175,15 @@ def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
         tmp_path,
         "s3",
         {
-            "corpus": "unused",
-            "output": out,
-            "encoders": {"text": "minilm-l6"},
+            **config_data(
+                out,
+                run_id="two-workers",
+                num_workers=2,
+                num_cpus_per_worker=0.5,
+                epochs=12,
+                checkpoint_every_epochs=4,
+            ),
             "storage": {"endpoint_url": moto_server},
-            "train": {
-                **SMALL_HEAD,
-                "run_id": "two-workers",
-                "num_workers": 2,
-                "num_cpus_per_worker": 0.5,
-                "epochs": 12,
-                "checkpoint_every_epochs": 4,
-            },
         },
     )
     stdout = run_job(command, env)
@@ -272,21 +271,16 @@ def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local,
     command, env = job(
         tmp_path,
         "resume",
-        {
-            "corpus": "unused",
-            "output": out,
-            "encoders": {"text": "minilm-l6"},
-            "train": {
-                **SMALL_HEAD,
-                "run_id": run_id,
-                "epochs": epochs,
-                "patience": None,
-                "batch_size": 32,
-                "num_workers": 1,
-                "num_cpus_per_worker": 0.5,
-                "max_failures": 1,
-            },
-        },
+        config_data(
+            out,
+            run_id=run_id,
+            epochs=epochs,
+            patience=None,
+            batch_size=32,
+            num_workers=1,
+            num_cpus_per_worker=0.5,
+            max_failures=1,
+        ),
     )
     pointer = Path(checkpoint_root(out, run_id)) / CHECKPOINT_POINTER
     card_path = Path(out) / "heads" / run_id / CARD_FILE
