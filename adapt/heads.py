@@ -293,18 +293,20 @@ class MultiHead(nn.Module):
         """Projections before the final concatenation: {modality: z_m}, or {"all": z} in single
         mode. Keys of `inputs` beyond the head's modalities are ignored; inputs are moved to the
         head's device and dtype."""
-        xs = self._inputs_in_order(inputs)
+        return self._parts(self._inputs_in_order(inputs))
+
+    def _parts(self, xs: list[Tensor]) -> dict[str, Tensor]:
         if self.mode == "single":
             return {SINGLE_KEY: self.heads[SINGLE_KEY](torch.cat(xs, dim=1))}
         return {m: self.heads[m](x) for m, x in zip(self.modalities, xs, strict=True)}
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         """[rows, out_dim] projections; per_modality outputs are concatenated in sorted order."""
-        parts = self.forward_parts(inputs)
+        xs = self._inputs_in_order(inputs)
+        parts = self._parts(xs)
         out = [parts[key] for key in sorted(parts)]
         if self.skip_dim:
-            x = torch.cat(self._inputs_in_order(inputs), dim=1)
-            out.append((x - self.skip_mean) @ self.skip_weight)
+            out.append((torch.cat(xs, dim=1) - self.skip_mean) @ self.skip_weight)
         return torch.cat(out, dim=1)
 
     def to_config(self) -> dict[str, Any]:
