@@ -10,6 +10,7 @@ the same way.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -133,6 +134,105 @@ PAPER_FIXED_SHAPE: dict[str, Any] = {
     "normalize": False,
     "skip_pca": 0,
 }
+
+
+MAX_TRIALS = 256
+AUTO_FOLDS = 3
+# Head settings a search may vary (`train.search.grid`); resources, data and bookkeeping keys
+# may not, and neither may `search` itself.
+SEARCHABLE = (
+    "mode",
+    "hidden_dims",
+    "out_dim",
+    "dropout",
+    "skip_pca",
+    "normalize",
+    "input_norm",
+    "loss",
+    "temperature",
+    "margin",
+    "cross_modal_weight",
+    "sampler",
+    "classes_per_batch",
+    "batch_size",
+    "epochs",
+    "lr",
+    "weight_decay",
+)
+
+
+class SearchConfig(Strict):
+    """Hyper-parameter selection for the head, on rows of the training set the head never fits.
+
+    Every combination of `grid` is fitted on the training rows less a stratified hold-out (by a
+    hash of the row id), the hold-out rows are projected, and cheap probe classifiers fitted on the
+    projected fit rows score them (macro-F1, averaged over the probes). The best combination (the
+    first listed on a tie) is then fitted on all training rows. `adapt.search` has the details.
+    """
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"temperature": [0.1, 0.2], "dropout": [0.0, 0.3]},
+        description="Train keys and the values to try; every combination is a trial. Empty: no "
+        "search.",
+    )
+    holdout: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of the training rows held out to score trials."
+    )
+    folds: int | None = Field(
+        None,
+        ge=1,
+        le=10,
+        description="1: one hold-out of `holdout`; k >= 2: k-fold over the training rows, every "
+        "trial fitted k times and scored on all of them (k times the cost, less noise). None: "
+        "3-fold when one hold-out would hold fewer than `min_held` rows, else one hold-out.",
+    )
+    min_held: int = Field(
+        1000,
+        ge=1,
+        description="folds: None switches to 3-fold below this many held-out rows: a macro-F1 "
+        "on a few hundred rows is too noisy to tell the trials apart.",
+    )
+    probes: list[Literal["logreg", "xgboost", "random_forest", "svc", "mlp", "cart", "knn"]] = (
+        Field(["knn", "logreg"], min_length=1, description="Classifiers that score a trial.")
+    )
+    max_rows: int = Field(
+        20000,
+        ge=10,
+        description="Search on at most this many training rows (a stratified sample by id "
+        "hash); the chosen settings then fit on all of them.",
+    )
+    min_rows: int = Field(
+        50,
+        ge=4,
+        description="With fewer training rows, no search: the settings as given are used.",
+    )
+    cpus_per_trial: float = Field(
+        1.0, gt=0.0, le=256.0, description="CPUs reserved per Ray Tune trial (the train job)."
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        bad = sorted(k for k in grid if k not in SEARCHABLE)
+        if bad:
+            raise ValueError(f"cannot search over {bad}; searchable keys are {list(SEARCHABLE)}")
+        empty = sorted(k for k, v in grid.items() if not v)
+        if empty:
+            raise ValueError(f"grid keys {empty} list no values")
+        return grid
+
+    def n_folds(self, n_rows: int) -> int:
+        """How many fits per trial on `n_rows` search rows (1: one hold-out)."""
+        if self.folds is not None:
+            return self.folds
+        return 1 if self.holdout * n_rows >= self.min_held else AUTO_FOLDS
+
+    @property
+    def n_trials(self) -> int:
+        n = 1
+        for values in self.grid.values():
+            n *= len(values)
+        return n if self.grid else 0
 
 
 class TrainConfig(Strict):
@@ -264,6 +364,12 @@ class TrainConfig(Strict):
         description="Gather projections from every worker so each loss sees the global batch "
         "(results then do not depend on num_workers).",
     )
+    # -- selection --
+    search: SearchConfig | None = Field(
+        default_factory=SearchConfig,
+        description="Hyper-parameter selection on a hold-out of the training rows (adapt.search); "
+        "null: fit the settings as given. Off under the paper preset unless set.",
+    )
     checkpoint_every_epochs: int = Field(
         1, ge=1, le=10000, description="Checkpoint every K epochs (and after the last)."
     )
@@ -278,11 +384,14 @@ class TrainConfig(Strict):
         if not isinstance(data, dict) or data.get("preset") != "paper":
             return data
         fixed = [k for k, v in PAPER_FIXED_SHAPE.items() if k in data and data[k] != v]
+        search = data.get("search")
+        grid = search.get("grid", {}) if isinstance(search, dict) else {}
+        fixed += [f"search.grid.{k}" for k in grid if k in PAPER_FIXED_SHAPE]
         if fixed:
             raise ValueError(
                 f"preset 'paper' fixes the head shape; remove {fixed} or drop the preset"
             )
-        return {**PAPER_RECIPE, **data, **PAPER_FIXED_SHAPE}
+        return {**PAPER_RECIPE, "search": None, **data, **PAPER_FIXED_SHAPE}
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -301,7 +410,42 @@ class TrainConfig(Strict):
             problems.append("classes_per_batch can be at most batch_size / 2 (2 rows per class)")
         if problems:
             raise ValueError("; ".join(problems))
+        if self.search is not None:
+            self._check_trials()
         return self
+
+    def _check_trials(self) -> None:
+        """Every combination of the search grid must be a valid config itself."""
+        if self.search.n_trials > MAX_TRIALS:
+            raise ValueError(
+                f"search.grid makes {self.search.n_trials} trials; at most {MAX_TRIALS}"
+            )
+        base = self.model_dump(exclude={"search"})
+        problems = []
+        for overrides in self.trial_overrides():
+            try:
+                TrainConfig.model_validate({**base, **overrides, "search": None})
+            except ValidationError as e:
+                reasons = "; ".join(err["msg"] for err in e.errors())
+                problems.append(f"search trial {overrides}: {reasons}")
+        if problems:
+            raise ValueError("; ".join(problems[:5]))
+
+    def trial_overrides(self) -> list[dict[str, Any]]:
+        """The search grid's combinations, in grid order (the first key varies slowest);
+        [] without a search."""
+        if self.search is None or not self.search.grid:
+            return []
+        keys = list(self.search.grid)
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(self.search.grid[k] for k in keys))
+        ]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """This config with a trial's settings, validated, and no search of its own."""
+        base = self.model_dump(exclude={"search"})
+        return TrainConfig.model_validate({**base, **overrides, "search": None})
 
     @property
     def is_local(self) -> bool:

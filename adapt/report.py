@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -269,7 +270,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "folds": {
             "type": "array",
             "description": "per (task, fold): how each representation "
-            "was built (PCA k, head epochs, timings)",
+            "was built (PCA k, head epochs, the head's hyper-parameter search, timings)",
         },
         "failures": {"type": "array"},
         "timings": {"type": "object", "additionalProperties": _NUM},
@@ -395,6 +396,31 @@ def headline(report: dict) -> str:
     return "\n".join(out).rstrip()
 
 
+def _search_lines(report: dict) -> list[str]:
+    """One line on what the in-fold heads' hyper-parameter searches chose, fold by fold."""
+    chosen: dict[str, Counter] = {}
+    for fold in report.get("folds", []):
+        for rep, info in fold.get("representations", {}).items():
+            selection = info.get("search") or {}
+            if selection.get("trials"):
+                key = ", ".join(f"{k}={v}" for k, v in selection["overrides"].items())
+                chosen.setdefault(rep, Counter())[key] += 1
+    if not chosen:
+        return []
+    parts = []
+    for rep, counts in chosen.items():
+        total = sum(counts.values())
+        parts.append(
+            f"`{rep}`: " + "; ".join(f"{k} ({n} of {total})" for k, n in counts.most_common())
+        )
+    return [
+        "- The heads of `projected:*` chose their settings by a search on a hold-out of each "
+        "fold's training rows (adapt.search); chosen per fold, over test and validation folds: "
+        + " | ".join(parts)
+        + "."
+    ]
+
+
 def render_markdown(report: dict, plots: list[str] = ()) -> str:
     """report.md: what a person reads to decide which representation to use."""
     protocol, inputs = report["protocol"], report.get("inputs", {})
@@ -435,6 +461,7 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
         f"of {protocol.get('validation_folds', 0)} outer fold(s), holding out "
         f"{protocol.get('val_fraction', 0):.0%}), never from test rows.",
     ]
+    lines += _search_lines(report)
     for h in report.get("heads", []):
         lines.append(
             f"- `{h['representation']}` is a head given by URI (`{h['uri']}`): {h['note']}."

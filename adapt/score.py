@@ -374,6 +374,17 @@ def _scaled_concat(features: dict[str, np.ndarray], rows: np.ndarray, scales: di
     )
 
 
+def _in_fold_config(train_cfg: TrainConfig, mode: str) -> TrainConfig:
+    """The head settings of one projected representation: the representation fixes the mode, so
+    a search over `mode` drops that key (and searches nothing if it was the only one)."""
+    update: dict[str, Any] = {"mode": mode}
+    sc = train_cfg.search
+    if sc is not None and "mode" in sc.grid:
+        grid = {k: v for k, v in sc.grid.items() if k != "mode"}
+        update["search"] = sc.model_copy(update={"grid": grid})
+    return train_cfg.model_copy(update=update)
+
+
 def build_representations(
     features: dict[str, np.ndarray],
     handles: dict[str, Any],
@@ -391,7 +402,7 @@ def build_representations(
     Returns the RepData in `representations` order and an info dict (timings, PCA and head notes).
     A representation that fails to build carries its error instead of raising.
     """
-    from adapt import trainer
+    from adapt import search, trainer
 
     modalities = sorted(features)
     info: dict[str, Any] = {
@@ -446,9 +457,9 @@ def build_representations(
                     info={**pinfo, "explained_variance": explained},
                 )
             elif fam == PROJECTED:
-                cfg = train_cfg.model_copy(update={"mode": variant})
+                cfg = _in_fold_config(train_cfg, variant)
                 inputs = {m: features[m][fold.rows_train] for m in modalities}
-                fit = trainer.fit_head(
+                fit, selection = search.fit_selected(
                     inputs,
                     fold.labels_train,
                     cfg,
@@ -470,6 +481,7 @@ def build_representations(
                         "n_fit": fit.n_train,
                         "n_early_stopping": fit.n_val,
                         "out_dim": int(fit.head.out_dim),
+                        "search": selection.to_json(),
                     },
                 )
             else:

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from adapt import schema
+from adapt import schema, search
 from adapt.artifact import (
     CARD_FILE,
     head_dir,
@@ -77,6 +77,7 @@ log = logging.getLogger("adapt.train")
 
 CHECKPOINTS = "_checkpoints"
 CHECKPOINT_POINTER = "latest.json"
+SEARCH_FILE = "search.json"
 # Training settings that do not change the head a run produces: resources, fault tolerance and
 # bookkeeping. They are left out of the derived run id, so that a run resumes on other hardware.
 RUNTIME_KEYS = (
@@ -561,8 +562,8 @@ def _fit_ray(config: Config, store: Storage, plan: Plan) -> tuple[FitResult, dic
     return fit, timings
 
 
-def _fit_local(config: Config, store: Storage, plan: Plan) -> tuple[FitResult, dict]:
-    cfg = config.train
+def _rows_reader(config: Config, store: Storage, plan: Plan):
+    """A function from row ids to (inputs, labels, ids) of those embedded rows, read once."""
     emb = load_embeddings(store, config.output, require_all=True)
     position = {str(i): k for k, i in enumerate(emb.ids)}
     labels = emb.labels(plan.label_column)
@@ -575,6 +576,40 @@ def _fit_local(config: Config, store: Storage, plan: Plan) -> tuple[FitResult, d
             [str(emb.ids[r]) for r in rows],
         )
 
+    return take
+
+
+def search_path(output: str, run_id: str) -> str:
+    return join(checkpoint_root(output, run_id), SEARCH_FILE)
+
+
+def _search(config: Config, store: Storage, plan: Plan) -> search.Selection:
+    """Select the head's settings on the planned training rows (`adapt.search`), as Ray Tune
+    trials on the cluster, or in this process for a local run. The choice is saved next to the
+    run's checkpoints, so that a resumed run fits the same settings without searching again."""
+    cfg = config.train
+    uri = search_path(plan.output, plan.run_id)
+    saved = store.read_json_or_none(uri)
+    if saved is not None:
+        log.info("train: search already done for run %s: %s", plan.run_id, saved["overrides"])
+        return search.Selection.from_json(saved)
+    inputs, labels, ids = _rows_reader(config, store, plan)(plan.train_ids)
+    if cfg.is_local:
+        runner = search.run_local
+    else:
+        from adapt.rayutil import init_ray
+
+        init_ray(config.ray)
+        runner = search.run_tune(cfg.search.cpus_per_trial, 1.0 if cfg.use_gpu else 0.0)
+    selection = search.select(inputs, labels, cfg, ids=ids, runner=runner)
+    log.info("train: %s", selection.describe())
+    store.write_json(uri, selection.to_json())
+    return selection
+
+
+def _fit_local(config: Config, store: Storage, plan: Plan) -> tuple[FitResult, dict]:
+    cfg = config.train
+    take = _rows_reader(config, store, plan)
     train_x, train_labels, train_ids = take(plan.train_ids)
     val_x = val_labels = None
     if len(plan.val_ids):
@@ -610,6 +645,7 @@ class TrainResult:
     startup_s: float | None  # from the stage's start to the first optimiser step
     wall_s: float
     timings: dict = field(default_factory=dict)
+    search: dict | None = None  # what the hyper-parameter search tried and chose
 
     def describe(self) -> str:
         if self.skipped:
@@ -625,11 +661,16 @@ class TrainResult:
         )
         resumed = f", resumed after epoch {self.resumed_from}" if self.resumed_from else ""
         startup = f", first step after {self.startup_s:.1f} s" if self.startup_s is not None else ""
+        chosen = ""
+        if self.search:
+            lines = search.Selection.from_json(self.search).describe().splitlines()
+            chosen = "".join(f"  {line}\n" for line in lines)
         return (
             f"train: {self.task_type} head over {len(self.classes)} classes, {self.n_train} train "
             f"/ {self.n_val} validation rows, {self.mode}\n"
             f"  {self.epochs_run} epochs, best {self.best_epoch}{val}{resumed}\n"
             f"  {self.wall_s:.1f} s in all{startup}\n"
+            f"{chosen}"
             f"  head: {self.head}\n"
             f"  card: {self.card}"
         )
@@ -655,6 +696,7 @@ def _result_from_card(card: dict, run: str, skipped: bool, wall_s: float) -> Tra
         startup_s=card.get("timings", {}).get("startup_s"),
         wall_s=wall_s,
         timings=card.get("timings", {}),
+        search=card.get("search"),
     )
 
 
@@ -687,6 +729,13 @@ def run_train(
         len(plan.val_ids),
         "local" if cfg.is_local else f"{cfg.num_workers} Ray workers",
     )
+    selection = None
+    if cfg.search is not None and cfg.search.grid:
+        t_search = time.perf_counter()
+        selection = _search(config, store, plan)
+        search_s = time.perf_counter() - t_search
+        cfg = search.chosen_config(cfg, selection)
+        config = config.model_copy(update={"train": cfg})
     if cfg.is_local:
         fit, timings = _fit_local(config, store, plan)
         mode = "local"
@@ -696,6 +745,8 @@ def run_train(
     state = fit.state or TrainState()
     startup = state.first_step_at - wall0 if state.first_step_at else None
     timings = {**timings, "startup_s": startup, "wall_s": time.perf_counter() - t0}
+    if selection is not None:
+        timings["search_s"] = search_s
     card = {
         "run_id": plan.run_id,
         "train": cfg.model_dump(mode="json"),
@@ -719,6 +770,9 @@ def run_train(
         "stopped_early": state.stopped_early,
         "checkpoints": checkpoint_root(config.output, plan.run_id) if not cfg.is_local else None,
         "timings": timings,
+        # The settings above are the ones the head was fitted with: the search's choice when a
+        # search ran (its grid, trials and scores here).
+        "search": selection.to_json() if selection is not None else None,
     }
     card = save_head(store, run, fit, card)
     write_latest(store, config.output, plan.run_id, card)

@@ -38,7 +38,7 @@ def _config(corpus, output, tiny, endpoint, **nightly):
         "encoders": {"text": f"hf:{tiny['bert']}", "image": f"hf:{tiny['vit']}"},
         "extract": {"batch_size": 16},
         "train": {"num_workers": 0, "epochs": 3, "batch_size": 32, "hidden_dims": [16],
-                  "out_dim": 8, "patience": 3},
+                  "out_dim": 8, "patience": 3, "search": None},
         "nightly": {"probe_rows": 4, "classifiers": ["logreg"], "holdout_fraction": 0.3, **nightly},
     })
 

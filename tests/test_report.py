@@ -183,6 +183,23 @@ def test_headline_and_markdown(report):
     assert "| cart | `projected:single` | +0.300 [+0.200, +0.400] (> 0) | `raw:text` |" in md
     assert "**Recommended: `projected:single`**" in md and "never from test rows" in md
     assert "![f1_by_representation.png](f1_by_representation.png)" in md
+    assert "chose their settings by a search" not in md  # no fold searched
+
+
+def test_markdown_says_what_the_in_fold_searches_chose(report):
+    def fold(index, temperature):
+        trials = [{"overrides": {"temperature": t}, "score": 0.5} for t in (0.1, 0.2)]
+        selection = {"overrides": {"temperature": temperature}, "trials": trials}
+        return {"task": "label", "fold": index,
+                "representations": {"projected:single": {"search": selection},
+                                    "raw:text": {"dims": 8}}}
+
+    searched = {**report, "folds": [fold(0, 0.2), fold(1, 0.2), fold("val0", 0.1)]}
+    report_io.validate_report(searched)
+    md = report_io.render_markdown(searched)
+    assert (
+        "`projected:single`: temperature=0.2 (2 of 3); temperature=0.1 (1 of 3)." in md
+    ), md
 
 
 def test_plots_are_pngs(report):

@@ -28,6 +28,7 @@ FAST_TRAIN = {
     "patience": None,
     "val_fraction": 0.0,
     "batch_size": 64,
+    "search": None,  # tests/test_search.py covers the search; in-fold heads here fit as given
 }
 # For tests that check plumbing, not quality.
 TINY_TRAIN = {**FAST_TRAIN, "epochs": 3}
@@ -271,6 +272,40 @@ def test_fitted_representations_never_see_test_rows(emb):
     )
     everything, _ = scoring.fit_pca(emb.features["text"], plan.pca_k, 0)
     assert not np.allclose(np.abs(everything.components_), np.abs(pca.components_), atol=1e-3)
+
+
+def test_in_fold_search_reads_the_folds_training_rows_only(emb):
+    """An in-fold head's hyper-parameter search holds out rows of the fold's training rows: test
+    rows replaced by garbage change neither its trials' scores nor its choice. The representation
+    fixes the mode, so a grid over `mode` searches only the other keys."""
+    searched = {
+        **TINY_TRAIN,
+        "search": {"grid": {"lr": [1e-7, 3e-3], "mode": ["single", "per_modality"]},
+                   "min_rows": 20},
+    }
+    config = load_config(data=make_config("o", searched, n_folds=3))
+    plan = score.make_plan(config, emb)
+    fold = plan.folds["label"][0]
+
+    def selection(features):
+        built, info = score.build_representations(
+            features, dict(features), fold, ["projected:single"], plan.train_cfg, plan.pca_k, 0,
+            plan.ids,
+        )
+        assert built[0].error is None
+        return info["representations"]["projected:single"]["search"]
+
+    clean = selection(emb.features)
+    assert [t["overrides"] for t in clean["trials"]] == [{"lr": 1e-7}, {"lr": 3e-3}]
+    assert clean["n_rows"] == len(fold.train) and clean["skipped"] is None
+    assert all(t["score"] is not None for t in clean["trials"])
+    rng = np.random.default_rng(6)
+    dirty = {m: x.copy() for m, x in emb.features.items()}
+    for x in dirty.values():
+        x[fold.rows_test] = rng.normal(0, 1000, size=(len(fold.rows_test), x.shape[1]))
+    again = selection(dirty)
+    assert again["overrides"] == clean["overrides"]
+    assert [t["score"] for t in again["trials"]] == [t["score"] for t in clean["trials"]]
 
 
 def test_failed_representation_becomes_failed_rows_not_a_crash(emb):

@@ -29,13 +29,16 @@ from adapt.artifact import (
 from adapt.config import load_config
 from adapt.embeddings import load_embeddings
 from adapt.storage import Storage, join
-from adapt.train import CHECKPOINT_POINTER, checkpoint_root, plan_run, run_train
+from adapt.train import CHECKPOINT_POINTER, checkpoint_root, plan_run, run_train, search_path
 from adapt.trainer import fit_head, project
 from tests.synthetic import buried_signal, knn_accuracy, write_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = {"text": 24, "image": 16}
-SMALL_HEAD = {"hidden_dims": [32], "out_dim": 16, "batch_size": 64, "torch_threads": 1}
+SMALL_HEAD = {"hidden_dims": [32], "out_dim": 16, "batch_size": 64, "torch_threads": 1,
+              "search": None}
+# Two learning rates: one too small to move the head from its random start, one that trains.
+LR_SEARCH = {"grid": {"lr": [1e-7, 1e-2]}, "cpus_per_trial": 0.5}
 
 
 def config_data(output: str, **train) -> dict:
@@ -113,6 +116,32 @@ def test_local_run_round_trip_and_rerun(tmp_path):
     again = run_train(config)
     assert again.skipped and again.run_id == result.run_id
     assert "already complete" in again.describe()
+
+
+def test_local_search_chooses_settings_and_a_rerun_reuses_the_choice(tmp_path):
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out)
+    config = make_config(out, local=True, epochs=8, skip_pca=0, search=LR_SEARCH)
+    result = run_train(config)
+    card = store.read_json(result.card)
+    assert card["search"]["overrides"] == {"lr": 1e-2}
+    low, high = card["search"]["trials"]
+    assert high["score"] > low["score"] + 0.1
+    # The card's settings are those the head was fitted with: the choice, no search left.
+    assert card["train"]["lr"] == 1e-2 and card["train"]["search"] is None
+    assert card["timings"]["search_s"] > 0
+    assert "search: 2 trials" in result.describe() and "chose {'lr': 0.01}" in result.describe()
+    # The choice is kept beside the run's checkpoints: a run that stopped after the search fits
+    # what was chosen then, without searching again (here: a choice edited to tell them apart).
+    saved = search_path(out, result.run_id)
+    choice = store.read_json(saved)
+    store.write_json(saved, {**choice, "overrides": {"lr": 1e-7}})
+    store.delete(result.head, recursive=True)
+    again = run_train(config)
+    assert not again.skipped and again.run_id == result.run_id
+    card = store.read_json(again.card)
+    assert card["train"]["lr"] == 1e-7 and card["search"]["overrides"] == {"lr": 1e-7}
 
 
 def test_head_round_trips_through_safetensors(tmp_path):
@@ -195,6 +224,23 @@ def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
     pointer = store.read_json(join(checkpoint_root(out, "two-workers"), CHECKPOINT_POINTER))
     assert pointer["epoch"] == card["epochs_run"]  # the final checkpoint
     raw, projected = raw_and_projected_knn(store, out, head)
+    assert projected > raw + 0.3, (raw, projected)
+
+
+def test_search_runs_as_ray_tune_trials_before_ray_train(ray_local, tmp_path):
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out)
+    config = make_config(
+        out, num_workers=1, num_cpus_per_worker=0.5, epochs=8, skip_pca=0, search=LR_SEARCH
+    )
+    result = run_train(config)
+    assert result.mode == "ray (1 worker)"
+    card = store.read_json(result.card)
+    assert card["search"]["overrides"] == {"lr": 1e-2} and card["train"]["lr"] == 1e-2
+    assert [t["error"] for t in card["search"]["trials"]] == [None, None]
+    assert store.exists(search_path(out, result.run_id))
+    raw, projected = raw_and_projected_knn(store, out, result.head)
     assert projected > raw + 0.3, (raw, projected)
 
 
