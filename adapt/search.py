@@ -115,6 +115,26 @@ def _json_default(value: Any) -> Any:
 # -- the rows ----------------------------------------------------------------------------------
 
 
+def sample_rows(
+    y: np.ndarray, task_type: str, sc: SearchConfig, seed: int, ids: Sequence[Any] | None = None
+) -> np.ndarray:
+    """Indices (sorted) of the rows the search uses: all of them up to `sc.max_rows`, else a
+    sample of that many, stratified by class and chosen by id hash. A sample of a sample is
+    itself, so a caller may read only these rows and search on them."""
+    from adapt import trainer
+
+    n = len(y)
+    if n <= sc.max_rows:
+        return np.arange(n)
+    keep = np.flatnonzero(
+        trainer.holdout_mask(y, task_type, sc.max_rows / n, seed + SAMPLE_SALT, ids)
+    )
+    if len(keep) > sc.max_rows:  # per-class rounding can overshoot by a few rows
+        keys = trainer.row_keys(keep if ids is None else [ids[i] for i in keep], seed + SAMPLE_SALT)
+        keep = np.sort(keep[np.argsort(keys, kind="stable")[: sc.max_rows]])
+    return keep
+
+
 def search_splits(
     y: np.ndarray, task_type: str, sc: SearchConfig, seed: int, ids: Sequence[Any] | None = None
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
@@ -123,11 +143,7 @@ def search_splits(
     labels and seed give the same splits on any machine and in any order."""
     from adapt import scoring, trainer
 
-    n = len(y)
-    rows = np.arange(n)
-    if n > sc.max_rows:
-        keep = trainer.holdout_mask(y, task_type, sc.max_rows / n, seed + SAMPLE_SALT, ids)
-        rows = np.flatnonzero(keep)
+    rows = sample_rows(y, task_type, sc, seed, ids)
     y_s = y[rows]
     ids_s = None if ids is None else [ids[i] for i in rows]
     folds = sc.n_folds(len(rows))
@@ -227,9 +243,10 @@ def _tune_trainable(config: dict[str, Any], data: TrialData, threads: int) -> No
                  "trial_json": json.dumps(asdict(trial), default=_json_default)})
 
 
-def run_tune(cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0) -> Runner:
+def run_tune(cpus_per_trial: float = 1.0) -> Runner:
     """A runner that starts every trial as a Ray Tune trial (Ray must be initialised): the data go
-    to the object store once, and trials run as far in parallel as the cluster's CPUs allow."""
+    to the object store once, and trials run as far in parallel as the cluster's CPUs allow.
+    Trials fit on CPU: the heads are small, and a GPU per trial would sit idle."""
 
     def run(data: TrialData) -> list[Trial]:
         from ray import tune
@@ -238,7 +255,7 @@ def run_tune(cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0) -> Runner
             tune.with_parameters(
                 _tune_trainable, data=data, threads=max(1, int(cpus_per_trial))
             ),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+            {"cpu": cpus_per_trial},
         )
         # Tune's experiment folder holds only its bookkeeping (the results come back here):
         # a fresh local folder, removed afterwards.

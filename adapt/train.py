@@ -52,7 +52,13 @@ from adapt.artifact import (
     write_latest,
 )
 from adapt.config import Config, TrainConfig
-from adapt.embeddings import EmbeddingsError, embedding_files, load_embeddings, read_manifest
+from adapt.embeddings import (
+    EmbeddingsError,
+    embedding_files,
+    fixed_size_to_numpy,
+    load_embeddings,
+    read_manifest,
+)
 from adapt.storage import Storage, is_remote, join
 from adapt.trainer import (
     FitResult,
@@ -579,6 +585,35 @@ def _rows_reader(config: Config, store: Storage, plan: Plan):
     return take
 
 
+def _search_rows(
+    store: Storage, plan: Plan, cfg: TrainConfig
+) -> tuple[dict[str, np.ndarray], list, list[str]]:
+    """The training rows the search uses (at most `search.max_rows`, `search.sample_rows`), read
+    file by file and filtered by id, so that the driver never holds more than one file beyond
+    them: the whole corpus's embeddings need not fit in its memory."""
+    index = read_index(store, plan.files, plan.label_column)
+    label_of = dict(
+        zip(index.column(schema.ID).to_pylist(), index.column("label").to_pylist(), strict=True)
+    )
+    train_ids = plan.train_ids.tolist()
+    y = encode_with_classes([label_of[i] for i in train_ids], plan.task_type, plan.classes)
+    rows = search.sample_rows(y, plan.task_type, cfg.search, cfg.seed, train_ids)
+    wanted = pa.array([train_ids[i] for i in rows], pa.string())
+    columns = [schema.ID, plan.label_column, *(schema.embedding_column(m) for m in plan.modalities)]
+    parts = []
+    for f in plan.files:
+        table = store.read_parquet(f, columns=columns)
+        parts.append(table.filter(pc.is_in(table.column(schema.ID), value_set=wanted)))
+    table = pa.concat_tables(parts, promote_options="permissive")
+    for m in plan.modalities:  # rows missing a modality cannot train a head
+        table = table.filter(table.column(schema.embedding_column(m)).is_valid())
+    table = table.take(pc.sort_indices(table, sort_keys=[(schema.ID, "ascending")]))
+    inputs = {
+        m: fixed_size_to_numpy(table.column(schema.embedding_column(m))) for m in plan.modalities
+    }
+    return inputs, table.column(plan.label_column).to_pylist(), table.column(schema.ID).to_pylist()
+
+
 def search_path(output: str, run_id: str) -> str:
     return join(checkpoint_root(output, run_id), SEARCH_FILE)
 
@@ -593,14 +628,14 @@ def _search(config: Config, store: Storage, plan: Plan) -> search.Selection:
     if saved is not None:
         log.info("train: search already done for run %s: %s", plan.run_id, saved["overrides"])
         return search.Selection.from_json(saved)
-    inputs, labels, ids = _rows_reader(config, store, plan)(plan.train_ids)
+    inputs, labels, ids = _search_rows(store, plan, cfg)
     if cfg.is_local:
         runner = search.run_local
     else:
         from adapt.rayutil import init_ray
 
         init_ray(config.ray)
-        runner = search.run_tune(cfg.search.cpus_per_trial, 1.0 if cfg.use_gpu else 0.0)
+        runner = search.run_tune(cfg.search.cpus_per_trial)
     selection = search.select(inputs, labels, cfg, ids=ids, runner=runner)
     log.info("train: %s", selection.describe())
     store.write_json(uri, selection.to_json())

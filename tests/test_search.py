@@ -80,6 +80,13 @@ def test_search_rows_are_a_stratified_hash_split_of_the_training_rows():
         y, "multiclass", SearchConfig(max_rows=100, folds=3), 0, ids
     )
     assert len(rows) == 100 and np.bincount(y[rows]).tolist() == [25] * 4
+    # A sample of the sample is itself: a caller may read only these rows and search on them.
+    again = search.sample_rows(y[rows], "multiclass", SearchConfig(max_rows=100), 0,
+                               [ids[i] for i in rows])
+    assert np.array_equal(again, np.arange(100))
+    # Rounding per class never takes more than max_rows.
+    odd = np.repeat(np.arange(7), 31)
+    assert len(search.sample_rows(odd, "multiclass", SearchConfig(max_rows=45), 0)) <= 45
     held = np.concatenate([h for _, h in splits])
     assert len(splits) == 3 and sorted(held.tolist()) == list(range(100))
     # By default, k-fold while one hold-out would hold fewer than min_held rows.

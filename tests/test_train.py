@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,14 @@ from adapt.artifact import (
 from adapt.config import load_config
 from adapt.embeddings import load_embeddings
 from adapt.storage import Storage, join
-from adapt.train import CHECKPOINT_POINTER, checkpoint_root, plan_run, run_train, search_path
+from adapt.train import (
+    CHECKPOINT_POINTER,
+    _search_rows,
+    checkpoint_root,
+    plan_run,
+    run_train,
+    search_path,
+)
 from adapt.trainer import fit_head, project
 from tests.synthetic import buried_signal, knn_accuracy, write_embeddings
 
@@ -142,6 +150,23 @@ def test_local_search_chooses_settings_and_a_rerun_reuses_the_choice(tmp_path):
     assert not again.skipped and again.run_id == result.run_id
     card = store.read_json(again.card)
     assert card["train"]["lr"] == 1e-7 and card["search"]["overrides"] == {"lr": 1e-7}
+
+
+def test_search_reads_only_its_sample_of_the_training_rows(tmp_path):
+    store = Storage()
+    out = str(tmp_path / "run")
+    features, labels, _ = write_task(store, out)
+    config = make_config(out, search={**LR_SEARCH, "max_rows": 101})
+    plan = plan_run(config, store)
+    inputs, got_labels, ids = _search_rows(store, plan, config.train)
+    # At most max_rows (per-class rounding may leave one or two fewer), stratified by class.
+    assert 98 <= len(ids) <= 101 and ids == sorted(ids) and set(ids) <= set(plan.train_ids)
+    assert all(24 <= n <= 26 for n in Counter(got_labels).values()), Counter(got_labels)
+    position = {f"row-{i:06d}": i for i in range(len(labels))}
+    rows = [position[i] for i in ids]
+    for m in DIMS:
+        np.testing.assert_array_equal(inputs[m], features[m][rows])
+    assert got_labels == [labels[r] for r in rows]
 
 
 def test_head_round_trips_through_safetensors(tmp_path):
