@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ METRIC = "macro_f1"
 # Salts of the id hashes that pick the search sample and hold-out, so that neither coincides
 # with the early-stopping hold-out (seeded by the config's seed alone).
 SAMPLE_SALT, HOLDOUT_SALT = 7001, 7002
+TUNE_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 
 
 @dataclass
@@ -243,6 +245,21 @@ def _tune_trainable(config: dict[str, Any], data: TrialData, threads: int) -> No
                  "trial_json": json.dumps(asdict(trial), default=_json_default)})
 
 
+def _quietly(fit: Callable[[], Any]) -> Any:
+    """Tune's default console output ignores `verbose=0` and points at the experiment folder,
+    which is removed afterwards; its classic reporter honours it. The search logs its own summary.
+    """
+    previous = os.environ.get(TUNE_OUTPUT_ENV)
+    os.environ[TUNE_OUTPUT_ENV] = "0"
+    try:
+        return fit()
+    finally:
+        if previous is None:
+            os.environ.pop(TUNE_OUTPUT_ENV, None)
+        else:
+            os.environ[TUNE_OUTPUT_ENV] = previous
+
+
 def run_tune(cpus_per_trial: float = 1.0) -> Runner:
     """A runner that starts every trial as a Ray Tune trial (Ray must be initialised): the data go
     to the object store once, and trials run as far in parallel as the cluster's CPUs allow.
@@ -266,7 +283,7 @@ def run_tune(cpus_per_trial: float = 1.0) -> Runner:
                 tune_config=tune.TuneConfig(metric="score", mode="max"),
                 run_config=tune.RunConfig(name="search", storage_path=tmp, verbose=0),
             )
-            grid = tuner.fit()
+            grid = _quietly(tuner.fit)
             out: dict[int, Trial] = {}
             for result in grid:
                 index = int(result.config["trial"])
