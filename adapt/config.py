@@ -420,11 +420,10 @@ class TrainConfig(Strict):
             raise ValueError(
                 f"search.grid makes {self.search.n_trials} trials; at most {MAX_TRIALS}"
             )
-        base = self.model_dump(exclude={"search"})
         problems = []
         for overrides in self.trial_overrides():
             try:
-                TrainConfig.model_validate({**base, **overrides, "search": None})
+                self.with_overrides(overrides)
             except ValidationError as e:
                 reasons = "; ".join(err["msg"] for err in e.errors())
                 problems.append(f"search trial {overrides}: {reasons}")

@@ -83,7 +83,7 @@ class Selection:
         return next((t for t in self.trials if t.overrides == self.overrides), None)
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=_json_default))
+        return asdict(self)  # every field is a plain Python value by construction
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Selection:
@@ -104,14 +104,6 @@ class Selection:
             score = f"{t.score:.3f}" if t.score is not None else f"failed: {t.error}"
             lines.append(f"  {t.overrides}: {score}")
         return "\n".join(lines)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # -- the rows ----------------------------------------------------------------------------------
@@ -242,7 +234,7 @@ def _tune_trainable(config: dict[str, Any], data: TrialData, threads: int) -> No
 
     trial = run_trial(data, int(config["trial"]), torch_threads=threads)
     tune.report({"score": trial.score if trial.score is not None else float("-inf"),
-                 "trial_json": json.dumps(asdict(trial), default=_json_default)})
+                 "trial_json": json.dumps(asdict(trial))})
 
 
 def _quietly(fit: Callable[[], Any]) -> Any:

@@ -568,23 +568,6 @@ def _fit_ray(config: Config, store: Storage, plan: Plan) -> tuple[FitResult, dic
     return fit, timings
 
 
-def _rows_reader(config: Config, store: Storage, plan: Plan):
-    """A function from row ids to (inputs, labels, ids) of those embedded rows, read once."""
-    emb = load_embeddings(store, config.output, require_all=True)
-    position = {str(i): k for k, i in enumerate(emb.ids)}
-    labels = emb.labels(plan.label_column)
-
-    def take(ids: np.ndarray) -> tuple[dict[str, np.ndarray], list, list[str]]:
-        rows = np.array([position[i] for i in ids if i in position], dtype=np.int64)
-        return (
-            {m: x[rows] for m, x in emb.features.items()},
-            [labels[r] for r in rows],
-            [str(emb.ids[r]) for r in rows],
-        )
-
-    return take
-
-
 def _search_rows(
     store: Storage, plan: Plan, cfg: TrainConfig
 ) -> tuple[dict[str, np.ndarray], list, list[str]]:
@@ -644,7 +627,18 @@ def _search(config: Config, store: Storage, plan: Plan) -> search.Selection:
 
 def _fit_local(config: Config, store: Storage, plan: Plan) -> tuple[FitResult, dict]:
     cfg = config.train
-    take = _rows_reader(config, store, plan)
+    emb = load_embeddings(store, config.output, require_all=True)
+    position = {str(i): k for k, i in enumerate(emb.ids)}
+    labels = emb.labels(plan.label_column)
+
+    def take(ids: np.ndarray) -> tuple[dict[str, np.ndarray], list, list[str]]:
+        rows = np.array([position[i] for i in ids if i in position], dtype=np.int64)
+        return (
+            {m: x[rows] for m, x in emb.features.items()},
+            [labels[r] for r in rows],
+            [str(emb.ids[r]) for r in rows],
+        )
+
     train_x, train_labels, train_ids = take(plan.train_ids)
     val_x = val_labels = None
     if len(plan.val_ids):
