@@ -119,6 +119,7 @@ class Plan:
     fingerprints: dict = field(default_factory=dict)
     manifest_uri: str = ""
     excluded: int = 0
+    y_train: np.ndarray | None = None  # encoded labels of train_ids, in their order
 
 
 def read_ids(store: Storage, uri: str) -> list[str]:
@@ -216,7 +217,7 @@ def plan_run(
     y, classes = encode_labels(labels, task_type)
     row_ids = ids[order].astype(str)
     is_val = holdout_mask(y, task_type, cfg.val_fraction, cfg.seed, row_ids)
-    train = np.sort(row_ids[~is_val])
+    train = row_ids[~is_val]  # sorted, as row_ids are
     run_id = run_id or cfg.run_id or derive_run_id(config, manifest, train)
     return Plan(
         run_id=run_id,
@@ -232,6 +233,7 @@ def plan_run(
         fingerprints=manifest.get("fingerprints", {}),
         manifest_uri=join(config.output, "embeddings", "_manifest.json"),
         excluded=int(len(ids) - len(rows)),
+        y_train=y[~is_val],
     )
 
 
@@ -574,13 +576,8 @@ def _search_rows(
     """The training rows the search uses (at most `search.max_rows`, `search.sample_rows`), read
     file by file and filtered by id, so that the driver never holds more than one file beyond
     them: the whole corpus's embeddings need not fit in its memory."""
-    index = read_index(store, plan.files, plan.label_column)
-    label_of = dict(
-        zip(index.column(schema.ID).to_pylist(), index.column("label").to_pylist(), strict=True)
-    )
     train_ids = plan.train_ids.tolist()
-    y = encode_with_classes([label_of[i] for i in train_ids], plan.task_type, plan.classes)
-    rows = search.sample_rows(y, plan.task_type, cfg.search, cfg.seed, train_ids)
+    rows = search.sample_rows(plan.y_train, plan.task_type, cfg.search, cfg.seed, train_ids)
     wanted = pa.array([train_ids[i] for i in rows], pa.string())
     columns = [schema.ID, plan.label_column, *(schema.embedding_column(m) for m in plan.modalities)]
     parts = []
