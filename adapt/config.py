@@ -544,6 +544,15 @@ class ScoreConfig(Strict):
         description="PCA components, for each modality and for the concatenation (None: "
         "train.out_dim, the output size of one head).",
     )
+    classifier_seeds: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Fits per cell, with seeds seed+i*1000, of a classifier whose fit draws random "
+        "numbers (mlp, random_forest; xgboost when it subsamples): the cell's scores average over "
+        "them, and so do its paired gains. One fit of an MLP on a few hundred rows varies by more "
+        "than the differences between representations.",
+    )
     only_folds: list[int] | None = Field(
         None,
         description="Score only these outer folds, numbered from 0 (smoke runs, benchmarks); "
@@ -576,6 +585,12 @@ class ScoreConfig(Strict):
         1.0, gt=0.0, le=256.0, description="CPUs reserved to build a fold's representations."
     )
     plots: bool = Field(True, description="Write PNG plots next to the report.")
+    predictions: bool = Field(
+        False,
+        description="Also write predictions.npz next to the report: every cell's predictions "
+        "(all fits), with each fold's row ids and true labels, test and validation folds alike; "
+        "read it with adapt.score.read_predictions.",
+    )
     run_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",

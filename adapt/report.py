@@ -64,6 +64,8 @@ _FOLD_ROW = {  # one cell: a fold's test (or validation) rows
         "standardized": {"type": "boolean"},
         "notes": {"type": "string"},
         "worker": {"type": "integer", "description": "process id of the worker that ran it"},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "macro_f1_fits": {"type": "array", "items": _NUM},
     },
 }
 _MEAN_ROW = {  # one (task, representation, classifier) over folds
@@ -192,6 +194,8 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "n_boot": {"type": "integer"},
                 "validation_folds": {"type": "integer"},
                 "val_fraction": {"type": "number"},
+                "classifier_seeds": {"type": "integer", "minimum": 1},
+                "seed_dependent": {"type": "array", "items": {"type": "string"}},
                 "pca_k": {"type": "integer"},
                 "classifiers": {"type": "array", "items": {"type": "string"}},
                 "representations": {"type": "array", "items": {"type": "string"}},
@@ -450,6 +454,7 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
             if protocol.get("only_folds") is not None
             else ""
         ),
+        *_fits_lines(protocol),
         "- PCA (k = "
         f"{protocol.get('pca_k')}), the per-modality scaling of `raw:concat` and the heads of "
         "`projected:*` are fitted on each fold's training rows only.",
@@ -484,12 +489,7 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
                 f"{_fmt(rec['score'])}, mean over classifiers). {rec['basis']}.",
             ]
             per = ", ".join(
-                f"{c}: `{v['representation']}`"
-                + (
-                    f" (kept: `{v['best_on_validation']}` scored higher, without a clear gain)"
-                    if v.get("kept_raw")
-                    else ""
-                )
+                f"{c}: `{v['representation']}`{_pick_note(v)}"
                 for c, v in rec.get("by_classifier", {}).items()
             )
             if per:
@@ -680,6 +680,28 @@ def plot_embedding_2d(samples: dict[str, tuple[np.ndarray, np.ndarray]], task: d
 
 
 # -- storage ---------------------------------------------------------------------------------
+
+
+def _pick_note(pick: dict) -> str:
+    """Why a classifier's recommendation is not its best representation on validation."""
+    best = pick.get("best_on_validation")
+    if pick.get("kept_raw"):
+        return f" (kept: `{best}` scored higher, without a clear gain)"
+    if pick.get("task_raw") and best != pick["representation"]:
+        return f" (the task's raw choice: `{best}` scored higher here, without a clear gain)"
+    return ""
+
+
+def _fits_lines(protocol: dict) -> list[str]:
+    """Which classifiers were fitted several times per cell, with different seeds."""
+    seeded, n = protocol.get("seed_dependent") or [], protocol.get("classifier_seeds", 1)
+    if not seeded or n < 2:
+        return []
+    names = ", ".join(f"`{c}`" for c in seeded)
+    return [
+        f"- {names}: fitted {n} times per cell with different seeds (their fits draw random "
+        "numbers); a cell's scores, and its side of every paired gain, are the mean over the fits."
+    ]
 
 
 def write_report(

@@ -23,6 +23,7 @@ have seen rows that are test rows here; the report says so next to its numbers.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -56,6 +57,8 @@ GAIN_BASELINES = {RAW: (PCA, PROJECTED, HEAD), PCA: (PROJECTED, HEAD)}
 SLOW_FIRST = {
     c: i for i, c in enumerate(["xgboost", "random_forest", "svc", "mlp", "cart", "logreg", "knn"])
 }
+# A cell's i-th fit is seeded seed + fold + SEED_STRIDE * i, apart from every other cell's seeds.
+SEED_STRIDE = 1000
 # Outer folds are numbered 0..n-1; the inner validation split of outer fold i is named "val<i>".
 VALIDATION_PREFIX = "val"
 
@@ -505,13 +508,14 @@ def run_cell(
     classes: list[str],
     classifier: str,
     params: dict | None,
-    seed: int,
+    seeds: list[int],
     resolve: Callable[[Any], np.ndarray] = lambda x: x,
 ) -> tuple[dict, np.ndarray | None]:
-    """Score one classifier on one representation of one fold.
+    """Score one classifier on one representation of one fold, once per seed in `seeds`.
 
-    Returns (row, y_pred): the report row (metrics, timings, status "ok" or "error" with the
-    reason) and the test predictions (None when the cell failed), for pooled paired gains.
+    Returns (row, y_pred): the report row (metrics averaged over the fits, timings per fit,
+    status "ok" or "error" with the reason) and the test predictions stacked over the fits, shaped
+    (fits, *y_test.shape) (None when the cell failed), for pooled paired gains.
     """
     row: dict[str, Any] = {
         "task": fold.task,
@@ -523,26 +527,51 @@ def run_cell(
     }
     try:
         x_train, x_test = rep.matrices(fold, resolve)
-        result = scoring.score_cell(
-            x_train,
-            fold.y_train,
-            x_test,
-            fold.y_test,
-            classifier,
-            task_type,
-            classes,
-            seed,
-            params,
-            keep_predictions=True,
-        )
+        fits = [
+            scoring.score_cell(
+                x_train,
+                fold.y_train,
+                x_test,
+                fold.y_test,
+                classifier,
+                task_type,
+                classes,
+                seed,
+                params,
+                keep_predictions=True,
+            )
+            for seed in seeds
+        ]
     except Exception as e:  # a failed cell is a row with its reason, not a failed job
         row.update(status="error", error=f"{type(e).__name__}: {e}"[:500])
         for m in ("macro_f1", "micro_f1", "accuracy", "auroc"):
             row[m] = None
         return row, None
-    y_pred = result.pop("y_pred")
-    row.update(status="ok", error=None, **result)
+    y_pred = np.stack([f.pop("y_pred") for f in fits])
+    row.update(status="ok", error=None, **_mean_of_fits(fits))
+    if len(fits) > 1:
+        row["seeds"] = list(seeds)
+        row[f"{FITS_METRIC}_fits"] = [f[FITS_METRIC] for f in fits]
     return row, y_pred
+
+
+# The metric whose value per fit a row of several fits lists, to show the spread between seeds.
+FITS_METRIC = "macro_f1"
+
+
+def _mean_of_fits(fits: list[dict]) -> dict[str, Any]:
+    """One result from several fits of a classifier on the same rows: metrics and timings averaged
+    (None when a fit has none, e.g. an AUROC that needs every class), per-class F1 per class."""
+    out = dict(fits[0])
+    for key in ("macro_f1", "micro_f1", "accuracy", "auroc", "fit_s", "predict_s"):
+        values = [f[key] for f in fits]
+        out[key] = None if any(v is None for v in values) else float(np.mean(values))
+    out["per_class_f1"] = {
+        c: None if any(f["per_class_f1"][c] is None for f in fits)
+        else float(np.mean([f["per_class_f1"][c] for f in fits]))
+        for c in fits[0]["per_class_f1"]
+    }
+    return out
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -569,8 +598,14 @@ class Plan:
         n_folds = sum(len(f) for f in self.folds.values())
         return n_folds * len(self.representations) * len(self.classifiers)
 
-    def cell_seed(self, fold: Fold) -> int:
-        return self.seed + fold.index
+    classifier_seeds: int = 1
+
+    def cell_seeds(self, fold: Fold, classifier: str) -> list[int]:
+        """The seeds of a cell's fits: one, unless the classifier's fit draws random numbers."""
+        base = self.seed + fold.index
+        params = self.classifier_params.get(classifier)
+        n = self.classifier_seeds if scoring.seed_dependent(classifier, params) else 1
+        return [base + SEED_STRIDE * i for i in range(n)]
 
 
 @dataclass
@@ -644,7 +679,7 @@ def run_cells_local(plan: Plan, progress: Callable[[int, int], None] | None = No
                         task.classes,
                         clf,
                         plan.classifier_params.get(clf),
-                        plan.cell_seed(fold),
+                        plan.cell_seeds(fold, clf),
                     )
                     rows.append(row)
                     if y_pred is not None:
@@ -740,7 +775,7 @@ def run_cells_ray(
                         task.classes,
                         clf,
                         plan.classifier_params.get(clf),
-                        plan.cell_seed(fold),
+                        plan.cell_seeds(fold, clf),
                     )
                 )
                 keys.append((task.name, rep_name, clf, fold.label))
@@ -823,8 +858,17 @@ def _pooled(
 ) -> tuple[np.ndarray, np.ndarray]:
     by_label = {f.label: f for f in folds}
     y_true = np.concatenate([by_label[f].y_test for f in labels])
-    y_pred = np.concatenate([preds[(task.name, rep, clf, f)] for f in labels])
+    # Predictions are stacks of fits (seeds); pooling joins rows, on axis 1.
+    y_pred = np.concatenate([preds[(task.name, rep, clf, f)] for f in labels], axis=1)
     return y_true, y_pred
+
+
+def _fits_metric(task: Task, y_true: np.ndarray, fits: np.ndarray, metric: str) -> float:
+    """The metric of pooled predictions, averaged over a stack of fits."""
+    return float(
+        np.mean([scoring.metrics(y_true, p, None, task.task_type, task.classes)[metric]
+                 for p in fits])
+    )
 
 
 def _best(means: dict[str, float | None], fam: str) -> str | None:
@@ -862,50 +906,25 @@ def paired_gains(
                 for rep in representations:
                     if family(rep) not in candidates:
                         continue
-                    common = [
-                        f.label
-                        for f in outer
-                        if (task.name, rep, clf, f.label) in preds
-                        and (task.name, base, clf, f.label) in preds
-                    ]
                     row = {
                         "task": task.name,
                         "classifier": clf,
                         "representation": rep,
                         "baseline": base_family,
-                        "baseline_representation": base,
                         "metric": metric,
-                        "n_folds": len(common),
                     }
-                    if not common:
-                        out.append(
-                            {
-                                **row,
-                                "mean": None,
-                                "lo": None,
-                                "hi": None,
-                                "n_rows": 0,
-                                "candidate_score": None,
-                                "baseline_score": None,
-                            }
-                        )
-                        continue
-                    y_true, pred_b = _pooled(task, outer, preds, rep, clf, common)
-                    _, pred_a = _pooled(task, outer, preds, base, clf, common)
-                    ci = scoring.paired_gain_ci(
-                        y_true, pred_a, pred_b, metric, sc.n_boot, sc.alpha, sc.seed
-                    )
-                    cand = scoring.metrics(y_true, pred_b, None, task.task_type, task.classes)
-                    basem = scoring.metrics(y_true, pred_a, None, task.task_type, task.classes)
-                    out.append(
-                        {
-                            **row,
-                            **ci,
-                            "n_rows": len(y_true),
-                            "candidate_score": cand[metric],
-                            "baseline_score": basem[metric],
-                        }
-                    )
+                    gain = _pooled_gain(task, outer, preds, [clf], sc, base, rep, scores=True)
+                    empty = {
+                        "baseline_representation": base,
+                        "n_folds": 0,
+                        "mean": None,
+                        "lo": None,
+                        "hi": None,
+                        "n_rows": 0,
+                        "candidate_score": None,
+                        "baseline_score": None,
+                    }
+                    out.append({**row, **(gain or empty)})
     return out
 
 
@@ -917,10 +936,12 @@ def _pooled_gain(
     sc: ScoreConfig,
     base: str,
     rep: str,
+    scores: bool = False,
 ) -> dict | None:
     """Paired interval of rep - base in the metric averaged over `classifiers`, on the predictions
     pooled over those of `folds` (test or validation) where every classifier has both sides;
-    None when no fold has."""
+    None when no fold has. scores=True adds each side's pooled metric (averaged likewise) as
+    candidate_score and baseline_score."""
     common = [
         f.label
         for f in folds
@@ -932,7 +953,15 @@ def _pooled_gain(
     pred_a = [_pooled(task, folds, preds, base, c, common)[1] for c in classifiers]
     pred_b = [_pooled(task, folds, preds, rep, c, common)[1] for c in classifiers]
     ci = scoring.paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
-    return {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
+    out = {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
+    if scores:
+        out["candidate_score"] = float(
+            np.mean([_fits_metric(task, y_true, p, sc.metric) for p in pred_b])
+        )
+        out["baseline_score"] = float(
+            np.mean([_fits_metric(task, y_true, p, sc.metric) for p in pred_a])
+        )
+    return out
 
 
 def _averaged(
@@ -996,21 +1025,34 @@ def mean_gains(
 
 
 def _guarded(
-    scores: dict[str, float], gain: Callable[[str, str], dict | None]
+    scores: dict[str, float],
+    gain: Callable[[str, str], dict | None],
+    task_raw: str | None = None,
 ) -> tuple[str | None, dict]:
     """The best-scoring representation, unless it is not raw and its paired gain over the best
-    raw one on validation rows has an interval reaching zero or below: then the best raw one."""
+    raw one on validation rows has an interval reaching zero or below: then raw.
+
+    Which raw one: the best, or, given `task_raw` (the task's best raw one over all classifiers),
+    that one unless the best raw one's gain over it on these rows has an interval above zero. A
+    choice between raw variants read off one classifier's few hundred validation rows is mostly
+    noise; the task's, pooled over classifiers, is less so."""
     if not scores:
         return None, {}
     best = max(scores, key=lambda r: (scores[r], r))
     base = _best(scores, RAW)
-    if family(best) == RAW or base is None:
-        return best, {"best_on_validation": best}
-    g = gain(base, best)
-    note = {"best_on_validation": best, "validation_gain_over_raw": g}
+    note: dict[str, Any] = {"best_on_validation": best}
+    if family(best) != RAW and base is not None:
+        g = gain(base, best)
+        note["validation_gain_over_raw"] = g
+        if g is None or g["lo"] > 0:
+            return best, note
+        note["kept_raw"] = True
+    if base is None or task_raw is None or task_raw == base or task_raw not in scores:
+        return base if note.get("kept_raw") else best, note
+    g = gain(task_raw, base)
     if g is not None and g["lo"] <= 0:
-        return base, {**note, "kept_raw": True}
-    return best, note
+        return task_raw, {**note, "task_raw": task_raw, "validation_gain_over_task_raw": g}
+    return base, note
 
 
 def recommend(
@@ -1027,7 +1069,9 @@ def recommend(
 
     A representation other than raw is recommended only when its paired gain over the best raw
     one on the pooled validation predictions (`folds`, `preds`) has an interval above zero;
-    otherwise the best raw one is: changing what a user feeds a classifier needs evidence."""
+    otherwise raw is: changing what a user feeds a classifier needs evidence. Per classifier,
+    the raw one is the task's best raw one (over all classifiers) unless another raw one beats it
+    for that classifier with an interval above zero (`_guarded`)."""
     metric = sc.metric
     preds = preds or {}
     out = {}
@@ -1036,7 +1080,8 @@ def recommend(
             f"Chosen on validation scores only: an inner validation split holding out "
             f"{sc.val_fraction:.0%} of the training rows of {sc.validation_folds} outer fold(s); "
             "a representation other than raw only with a validation gain over the best raw one "
-            f"whose {1 - sc.alpha:.0%} paired interval is above zero; no test row was used"
+            f"whose {1 - sc.alpha:.0%} paired interval is above zero, and per classifier the "
+            "task's raw choice unless another raw one wins just as clearly; no test row was used"
         )
         table = {
             (m["representation"], m["classifier"]): m.get(metric)
@@ -1064,7 +1109,9 @@ def recommend(
             cands = {r: v for r, v in cands.items() if v is not None}
             if cands:
                 r, clf_note = _guarded(
-                    cands, partial(_pooled_gain, task, val_folds, preds, [clf], sc)
+                    cands,
+                    partial(_pooled_gain, task, val_folds, preds, [clf], sc),
+                    _best(scores, RAW),
                 )
                 by_clf[clf] = {"representation": r, "score": cands[r], **clf_note}
         out[task.name] = {
@@ -1192,6 +1239,7 @@ def make_plan(config: Config, emb: Embeddings, head_arrays: dict | None = None) 
         config.train,
         sc.pca_k or config.train.out_dim,
         sc.seed,
+        sc.classifier_seeds,
     )
 
 
@@ -1285,6 +1333,11 @@ def run_score(
             "n_boot": sc.n_boot,
             "validation_folds": sc.validation_folds,
             "val_fraction": sc.val_fraction,
+            "classifier_seeds": sc.classifier_seeds,
+            "seed_dependent": [
+                c for c in plan.classifiers
+                if scoring.seed_dependent(c, plan.classifier_params.get(c))
+            ],
             "pca_k": plan.pca_k,
             "classifiers": plan.classifiers,
             "representations": plan.representations,
@@ -1306,13 +1359,60 @@ def run_score(
     report = json.loads(json.dumps(report, default=_json_default))
     report_dir = join(config.output, "reports", run_id)
     t_write = time.perf_counter()
+    extra = []
+    if sc.predictions:
+        extra.append(join(report_dir, PREDICTIONS_FILE))
+        store.write_bytes(extra[-1], predictions_npz(plan, outcome.preds))
     files = report_io.write_report(
         store, report_dir, report, outcome.samples if sc.plots else None, plots=sc.plots
     )
     report["timings"]["write_s"] = time.perf_counter() - t_write
     return ScoreResult(
-        run_id, report_dir, report, plan.n_cells, len(failed), time.perf_counter() - t0, files
+        run_id,
+        report_dir,
+        report,
+        plan.n_cells,
+        len(failed),
+        time.perf_counter() - t0,
+        [*extra, *files],
     )
+
+
+PREDICTIONS_FILE = "predictions.npz"
+_SEP = "|"  # task names and representations never hold it (see ScoreTask.name)
+
+
+def predictions_npz(plan: Plan, preds: dict[tuple, np.ndarray]) -> bytes:
+    """Every cell's predictions and every fold's row ids and true labels, as one .npz file.
+
+    Arrays: `pred|TASK|REPRESENTATION|CLASSIFIER|FOLD` (fits x rows, or fits x rows x labels
+    for multilabel), `ids|TASK|FOLD` and `y|TASK|FOLD` for the fold's scored rows; FOLD is an
+    outer fold's number or "val<i>". Class ids index the task's classes in report.json."""
+    arrays: dict[str, np.ndarray] = {}
+    for task in plan.tasks:
+        for fold in plan.folds[task.name]:
+            key = f"{task.name}{_SEP}{fold.label}"
+            arrays[f"ids{_SEP}{key}"] = np.asarray(plan.ids[fold.rows_test]).astype(str)
+            arrays[f"y{_SEP}{key}"] = fold.y_test
+    for (task, rep, clf, fold), y_pred in preds.items():
+        arrays[_SEP.join(["pred", task, rep, clf, str(fold)])] = y_pred.astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_predictions(store: Storage, report_dir: str) -> dict[str, dict]:
+    """predictions.npz of a report as {"pred": {(task, rep, classifier, fold): fits x rows},
+    "ids": {(task, fold): row ids}, "y": {(task, fold): true labels}}; folds as in report rows
+    (int for outer folds, "val<i>" for validation splits)."""
+    out: dict[str, dict] = {"pred": {}, "ids": {}, "y": {}}
+    with np.load(io.BytesIO(store.read_bytes(join(report_dir, PREDICTIONS_FILE)))) as npz:
+        for name in npz.files:
+            kind, *key = name.split(_SEP)
+            fold = key[-1]
+            key[-1] = int(fold) if fold.isdigit() else fold
+            out[kind][tuple(key)] = npz[name]
+    return out
 
 
 def _json_default(value: Any) -> Any:

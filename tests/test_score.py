@@ -308,6 +308,40 @@ def test_in_fold_search_reads_the_folds_training_rows_only(emb):
     assert [t["score"] for t in again["trials"]] == [t["score"] for t in clean["trials"]]
 
 
+def test_seed_dependent_classifiers_average_several_fits(emb):
+    """An MLP cell is fitted once per seed; its row and its predictions are those of the fits,
+    and a deterministic classifier is fitted once."""
+    config = load_config(data=make_config("o", n_folds=2, classifier_seeds=3, seed=4))
+    plan = score.make_plan(config, emb)
+    fold = plan.folds["label"][1]
+    assert plan.cell_seeds(fold, "mlp") == [5, 1005, 2005]
+    assert plan.cell_seeds(fold, "logreg") == [5]
+    (raw,), _ = score.build_representations(
+        emb.features, dict(emb.features), fold, ["raw:text"], plan.train_cfg, 8, 0, plan.ids
+    )
+    classes = ["c0", "c1", "c2", "c3"]
+    args = (raw, fold, "multiclass", classes)
+    row, y_pred = score.run_cell(*args, "mlp", None, plan.cell_seeds(fold, "mlp"))
+    assert y_pred.shape == (3, len(fold.test)) and row["seeds"] == [5, 1005, 2005]
+    x_train, x_test = raw.matrices(fold)
+    alone = [
+        scoring.score_cell(x_train, fold.y_train, x_test, fold.y_test, "mlp", "multiclass",
+                           classes, s, keep_predictions=True)
+        for s in row["seeds"]
+    ]
+    assert row["macro_f1_fits"] == [a["macro_f1"] for a in alone]
+    assert len(set(row["macro_f1_fits"])) > 1  # the seeds do change the fit
+    assert row["macro_f1"] == pytest.approx(np.mean(row["macro_f1_fits"]))
+    assert row["accuracy"] == pytest.approx(np.mean([a["accuracy"] for a in alone]))
+    for c in classes:
+        assert row["per_class_f1"][c] == pytest.approx(
+            np.mean([a["per_class_f1"][c] for a in alone])
+        )
+    np.testing.assert_array_equal(y_pred, np.stack([a["y_pred"] for a in alone]))
+    row, y_pred = score.run_cell(*args, "logreg", None, plan.cell_seeds(fold, "logreg"))
+    assert y_pred.shape == (1, len(fold.test)) and "seeds" not in row
+
+
 def test_failed_representation_becomes_failed_rows_not_a_crash(emb):
     config = load_config(data=make_config("o", n_folds=2))
     fold = score.make_plan(config, emb).folds["label"][0]
@@ -318,7 +352,7 @@ def test_failed_representation_becomes_failed_rows_not_a_crash(emb):
         ["c0", "c1", "c2", "c3"],
         "cart",
         None,
-        0,
+        [0],
     )
     assert row["status"] == "error" and "boom" in row["error"] and row["macro_f1"] is None
     assert y_pred is None
@@ -327,7 +361,7 @@ def test_failed_representation_becomes_failed_rows_not_a_crash(emb):
 # -- end to end ------------------------------------------------------------------------------
 
 
-def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus):
+def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
     out = output_over(corpus, tmp_path)
     config = load_config(
         data=make_config(
@@ -340,6 +374,7 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus):
             tasks=[{"label_column": "label_tags"}, {"label_column": "label", "positive": "c0"}],
             representations=["raw:text", "projected:per_modality"],
             classifiers=["knn", "logreg"],
+            predictions=True,
         )
     )
     result = score.run_score(config)
@@ -365,6 +400,23 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus):
         if r["fold"] != "mean"
     )
     assert "label_tags" in result.describe() and "recommended" in result.describe()
+    # predictions.npz holds every cell's predictions with its fold's rows, validation included.
+    saved = score.read_predictions(Storage(), result.report_dir)
+    assert len(saved["pred"]) == 2 * 4 * 2 * 2  # tasks x folds (3 + val0) x reps x classifiers
+    assert saved["pred"][("label_tags", "raw:text", "knn", 0)].shape == (1, 100, 3)
+    assert saved["pred"][("label=c0", "projected:per_modality", "logreg", "val0")].ndim == 2
+    ids = np.concatenate([saved["ids"][("label_tags", f)] for f in range(3)])
+    assert sorted(ids) == sorted(map(str, emb.ids))
+    pooled = np.concatenate([saved["pred"][("label_tags", "raw:text", "knn", f)] for f in range(3)],
+                            axis=1)
+    truth = np.concatenate([saved["y"][("label_tags", f)] for f in range(3)])
+    classes = list(report["tasks"][0]["class_counts"])
+    gain = next(g for g in report["gains"] if g["task"] == "label_tags"
+                and g["classifier"] == "knn" and g["baseline"] == "raw")
+    assert gain["baseline_representation"] == "raw:text"
+    assert gain["baseline_score"] == pytest.approx(
+        scoring.metrics(truth, pooled[0], None, "multilabel", classes)["macro_f1"]
+    )
 
 
 def test_head_given_by_uri_is_scored_and_flagged(tmp_path, corpus, emb):
@@ -448,6 +500,15 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
         sizes = {(r["n_train"], r["n_test"]) for r in cells if r["fold"] == fold}
         assert len(sizes) == 1
     assert len({r["worker"] for r in cells}) > 1  # spread over more than one worker process
+    # The forest draws random numbers: three fits per cell, the row their mean; cart is fitted once.
+    assert report["protocol"]["seed_dependent"] == ["random_forest"]
+    for r in cells:
+        if r["classifier"] == "random_forest":
+            assert len(r["seeds"]) == 3 and len(set(r["seeds"])) == 3
+            assert r["macro_f1"] == pytest.approx(np.mean(r["macro_f1_fits"]))
+        else:
+            assert "seeds" not in r
+    assert "`random_forest`: fitted 3 times per cell" in md
 
     wins = [
         g
@@ -540,3 +601,37 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
     assert score._guarded({"pca:text": 0.8, "projected:single": 0.7}, gain(-1))[0] == "pca:text"
     # No validation predictions to test on: the best one, as before.
     assert score._guarded(scores, lambda b, r: None)[0] == "projected:single"
+
+
+def test_recommendation_per_classifier_keeps_the_tasks_raw_choice_without_evidence():
+    scores = {"raw:text": 0.70, "raw:concat": 0.72, "projected:single": 0.74}
+    gains = {}
+
+    def gain(base, rep):
+        return gains.get((base, rep))
+
+    # The learned one lacks a clear gain, and raw:concat (this classifier's best raw) lacks one
+    # over the task's raw:text: the task's raw choice.
+    gains[("raw:concat", "projected:single")] = {"mean": 0.02, "lo": -0.01, "hi": 0.05}
+    gains[("raw:text", "raw:concat")] = {"mean": 0.02, "lo": -0.005, "hi": 0.04}
+    pick, note = score._guarded(scores, gain, "raw:text")
+    assert pick == "raw:text" and note["kept_raw"] and note["task_raw"] == "raw:text"
+    assert note["validation_gain_over_task_raw"]["lo"] < 0
+    # A clear raw-over-raw gain for this classifier: its own best raw one.
+    gains[("raw:text", "raw:concat")] = {"mean": 0.02, "lo": 0.004, "hi": 0.04}
+    assert score._guarded(scores, gain, "raw:text")[0] == "raw:concat"
+    # Raw best on validation: the same test applies.
+    raw_best = {"raw:text": 0.70, "raw:concat": 0.72, "projected:single": 0.60}
+    gains[("raw:text", "raw:concat")] = {"mean": 0.02, "lo": -0.004, "hi": 0.04}
+    pick, note = score._guarded(raw_best, gain, "raw:text")
+    assert pick == "raw:text" and "kept_raw" not in note
+    assert note["best_on_validation"] == "raw:concat"
+    # A clear learned gain is untouched by the task's raw choice.
+    gains[("raw:concat", "projected:single")] = {"mean": 0.02, "lo": 0.001, "hi": 0.05}
+    assert score._guarded(scores, gain, "raw:text")[0] == "projected:single"
+    # The task's raw choice is this classifier's best raw one, or it has no score here: as before.
+    assert score._guarded(raw_best, gain, "raw:concat")[0] == "raw:concat"
+    assert score._guarded(raw_best, gain, "raw:image")[0] == "raw:concat"
+    md = report_io._pick_note({"representation": "raw:text", "best_on_validation": "raw:concat",
+                               "task_raw": "raw:text"})
+    assert "task's raw choice" in md and "raw:concat" in md

@@ -1,6 +1,5 @@
 """Unit tests of the score stage core, checked against scikit-learn on tiny fixed inputs."""
 
-import time
 
 import numpy as np
 import pytest
@@ -424,21 +423,44 @@ def test_paired_gain_ci_multilabel():
     assert ci["lo"] > 0
 
 
-def test_paired_gain_ci_is_fast():
+def test_paired_gain_ci_averages_stacked_fits():
+    # Several fits (seeds) of one classifier per side: the gain is that of the fits' mean metric,
+    # scored on the same row draws, and a stack of one fit is the plain prediction.
     rng = np.random.default_rng(4)
-    y = rng.integers(0, 15, 4000)
-    a = _noisy_predictions(y, 0.4, 15, rng)
-    b = _noisy_predictions(y, 0.3, 15, rng)
-    start = time.perf_counter()
-    scoring.paired_gain_ci(y, a, b, n_boot=1000)
-    # Well under a second on one core; the bound leaves room for a busy shared machine.
-    assert time.perf_counter() - start < 3.0
+    y = rng.integers(0, 6, 500)
+    a = np.stack([_noisy_predictions(y, p, 6, rng) for p in (0.5, 0.3, 0.4)])
+    b = np.stack([_noisy_predictions(y, p, 6, rng) for p in (0.2, 0.35, 0.1)])
+    ci = scoring.paired_gain_ci(y, a, b, n_boot=300, seed=1)
+    f1 = lambda s: np.mean([f1_score(y, p, average="macro") for p in s])  # noqa: E731
+    assert ci["mean"] == pytest.approx(f1(b) - f1(a))
+    assert ci["lo"] > 0
+    assert scoring.paired_gain_ci(y, a[:1], b[:1], seed=1) == scoring.paired_gain_ci(
+        y, a[0], b[0], seed=1
+    )
+    # Sides may hold different numbers of fits; a mixed classifier list averages each pair first.
+    mixed = scoring.paired_mean_gain_ci(y, [a, a[0]], [b[:2], b[2]], n_boot=200)
+    g1 = f1(b[:2]) - f1(a)
+    g2 = f1_score(y, b[2], average="macro") - f1_score(y, a[0], average="macro")
+    assert mixed["mean"] == pytest.approx((g1 + g2) / 2)
+    with pytest.raises(ValueError, match="stack of fits"):
+        scoring.paired_gain_ci(y, a[:, :10], b)
+    with pytest.raises(ValueError, match="stack of fits"):
+        scoring.paired_gain_ci(y, a[:0], b)
+
+
+def test_seed_dependent_classifiers():
+    assert scoring.seed_dependent("mlp") and scoring.seed_dependent("random_forest")
+    assert not any(scoring.seed_dependent(c) for c in ("logreg", "svc", "knn", "xgboost"))
+    assert scoring.seed_dependent("xgboost", {"subsample": 0.8})
+    assert not scoring.seed_dependent("xgboost", {"n_estimators": 100})
 
 
 def test_paired_gain_ci_errors():
     y = np.array([0, 1, 1])
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="stack of fits"):
         scoring.paired_gain_ci(y, y, y[:2])
+    with pytest.raises(ValueError, match="same shape"):
+        scoring.paired_gain_ci(y, y, y[:2], lambda t, p: float((t == p).mean()))
     with pytest.raises(ValueError, match="unknown metric"):
         scoring.paired_gain_ci(y, y, y, "auroc")
 

@@ -129,7 +129,8 @@ def run_corpus(
     from adapt.score import run_score
 
     score = {"tasks": TASKS[name], "n_folds": folds, "run_id": run_id, "plots": True, "seed": seed,
-             "representations": REPRESENTATIONS[name], "classifier_params": CLASSIFIER_PARAMS}
+             "representations": REPRESENTATIONS[name], "classifier_params": CLASSIFIER_PARAMS,
+             "predictions": True}
     if classifiers:
         score["classifiers"] = classifiers
     config = load_config(data={
