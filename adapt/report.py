@@ -687,8 +687,6 @@ def _pick_note(pick: dict) -> str:
     best = pick.get("best_on_validation")
     if pick.get("kept_raw"):
         return f" (kept: `{best}` scored higher, without a clear gain)"
-    if pick.get("task_raw") and best != pick["representation"]:
-        return f" (the task's raw choice: `{best}` scored higher here, without a clear gain)"
     return ""
 
 

@@ -1025,34 +1025,21 @@ def mean_gains(
 
 
 def _guarded(
-    scores: dict[str, float],
-    gain: Callable[[str, str], dict | None],
-    task_raw: str | None = None,
+    scores: dict[str, float], gain: Callable[[str, str], dict | None]
 ) -> tuple[str | None, dict]:
     """The best-scoring representation, unless it is not raw and its paired gain over the best
-    raw one on validation rows has an interval reaching zero or below: then raw.
-
-    Which raw one: the best, or, given `task_raw` (the task's best raw one over all classifiers),
-    that one unless the best raw one's gain over it on these rows has an interval above zero. A
-    choice between raw variants read off one classifier's few hundred validation rows is mostly
-    noise; the task's, pooled over classifiers, is less so."""
+    raw one on validation rows has an interval reaching zero or below: then the best raw one."""
     if not scores:
         return None, {}
     best = max(scores, key=lambda r: (scores[r], r))
     base = _best(scores, RAW)
-    note: dict[str, Any] = {"best_on_validation": best}
-    if family(best) != RAW and base is not None:
-        g = gain(base, best)
-        note["validation_gain_over_raw"] = g
-        if g is None or g["lo"] > 0:
-            return best, note
-        note["kept_raw"] = True
-    if base is None or task_raw is None or task_raw == base or task_raw not in scores:
-        return base if note.get("kept_raw") else best, note
-    g = gain(task_raw, base)
+    if family(best) == RAW or base is None:
+        return best, {"best_on_validation": best}
+    g = gain(base, best)
+    note = {"best_on_validation": best, "validation_gain_over_raw": g}
     if g is not None and g["lo"] <= 0:
-        return task_raw, {**note, "task_raw": task_raw, "validation_gain_over_task_raw": g}
-    return base, note
+        return base, {**note, "kept_raw": True}
+    return best, note
 
 
 def recommend(
@@ -1069,9 +1056,7 @@ def recommend(
 
     A representation other than raw is recommended only when its paired gain over the best raw
     one on the pooled validation predictions (`folds`, `preds`) has an interval above zero;
-    otherwise raw is: changing what a user feeds a classifier needs evidence. Per classifier,
-    the raw one is the task's best raw one (over all classifiers) unless another raw one beats it
-    for that classifier with an interval above zero (`_guarded`)."""
+    otherwise the best raw one is: changing what a user feeds a classifier needs evidence."""
     metric = sc.metric
     preds = preds or {}
     out = {}
@@ -1080,8 +1065,7 @@ def recommend(
             f"Chosen on validation scores only: an inner validation split holding out "
             f"{sc.val_fraction:.0%} of the training rows of {sc.validation_folds} outer fold(s); "
             "a representation other than raw only with a validation gain over the best raw one "
-            f"whose {1 - sc.alpha:.0%} paired interval is above zero, and per classifier the "
-            "task's raw choice unless another raw one wins just as clearly; no test row was used"
+            f"whose {1 - sc.alpha:.0%} paired interval is above zero; no test row was used"
         )
         table = {
             (m["representation"], m["classifier"]): m.get(metric)
@@ -1109,9 +1093,7 @@ def recommend(
             cands = {r: v for r, v in cands.items() if v is not None}
             if cands:
                 r, clf_note = _guarded(
-                    cands,
-                    partial(_pooled_gain, task, val_folds, preds, [clf], sc),
-                    _best(scores, RAW),
+                    cands, partial(_pooled_gain, task, val_folds, preds, [clf], sc)
                 )
                 by_clf[clf] = {"representation": r, "score": cands[r], **clf_note}
         out[task.name] = {

