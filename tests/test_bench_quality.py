@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from adapt.bench.quality import averaged_table, bar_table, check_bar
+import numpy as np
+
+from adapt.bench.quality import _cell_interval, averaged_table, bar_table, check_bar
 
 
 def _report(gain_lo: float, recommended: dict[str, str]) -> dict:
@@ -52,3 +54,22 @@ def test_bar_not_met_when_an_interval_reaches_zero():
     bar = check_bar([{"report": report}])["t"]
     assert not bar["beats_raw_and_pca"]
     assert bar["cells_ok"] and bar["worst_cell_vs_raw"] == 0.0
+
+
+def test_a_cell_below_raw_gets_its_pooled_test_interval(tmp_path):
+    # Two outer folds and a validation split saved as the score stage saves them: the interval
+    # pools the outer folds only, and averages a stack of fits.
+    rng = np.random.default_rng(0)
+    y = {("t", 0): rng.integers(0, 3, 60), ("t", 1): rng.integers(0, 3, 60),
+         ("t", "val0"): rng.integers(0, 3, 20)}
+    pred = {}
+    for (task, fold), truth in y.items():
+        wrong = (truth + 1) % 3
+        pred[(task, "raw:text", "mlp", fold)] = np.stack([truth, truth])
+        pred[(task, "projected:single", "mlp", fold)] = np.stack(
+            [np.where(rng.random(len(truth)) < 0.3, wrong, truth) for _ in range(2)])
+    ci = _cell_interval({"y": y, "pred": pred}, "t", "mlp", "raw:text", "projected:single")
+    assert -0.5 < ci["mean"] < -0.1 and ci["hi"] < 0
+    pred[("t", "projected:single", "mlp", "val0")] = np.zeros((2, 5), int)  # never read
+    assert _cell_interval({"y": y, "pred": pred}, "t", "mlp", "raw:text",
+                          "projected:single") == ci

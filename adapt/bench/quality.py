@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from adapt.config import load_config
 from adapt.storage import Storage
 
@@ -193,12 +195,30 @@ def table(results: list[dict], metric: str = "macro_f1") -> str:
     return "\n".join(lines)
 
 
+def _cell_interval(saved: dict, task: str, clf: str, base: str, rep: str) -> dict:
+    """Paired 95% interval of rep - base for one classifier, pooled over the outer folds."""
+    from adapt import scoring
+
+    folds = sorted(f for (t, f) in saved["y"] if t == task and isinstance(f, int))
+    y = np.concatenate([saved["y"][(task, f)] for f in folds])
+    a, b = (np.concatenate([saved["pred"][(task, x, clf, f)] for f in folds], axis=1)
+            for x in (base, rep))
+    return scoring.paired_gain_ci(y, a, b, "macro_f1", n_boot=2000)
+
+
 def check_bar(results: list[dict]) -> dict:
     """Per task: does the best learned representation beat raw and PCA averaged over classifiers
-    (interval above zero), and how far below the best raw one is each recommended cell?"""
+    (interval above zero), and how far below the best raw one is each recommended cell? A cell
+    below it, when the run saved its predictions, also gets the paired interval of the difference
+    on the pooled test rows (`pooled_vs_raw`): is the shortfall more than the test rows' noise?"""
     out = {}
     for r in results:
         report = r["report"]
+        saved = None
+        if r.get("report_dir") and (Path(r["report_dir"]) / "predictions.npz").exists():
+            from adapt.score import read_predictions
+
+            saved = read_predictions(Storage(), r["report_dir"])
         metric = report["protocol"]["metric"]
         means = {(x["task"], x["representation"], x["classifier"]): x.get(metric)
                  for x in report["results"] if x.get("fold") == "mean"}
@@ -213,21 +233,28 @@ def check_bar(results: list[dict]) -> dict:
             rec = report["recommendation"].get(name, {})
             cells = {}
             for clf, pick in rec.get("by_classifier", {}).items():
-                raw = [v for (t, rep, c), v in means.items()
-                       if t == name and c == clf and rep.startswith("raw:") and v is not None]
+                raw = {rep: v for (t, rep, c), v in means.items()
+                       if t == name and c == clf and rep.startswith("raw:") and v is not None}
                 got = means.get((name, pick["representation"], clf))
                 if raw and got is not None:
+                    best_raw = max(raw, key=raw.get)
                     cells[clf] = {"recommended": pick["representation"], "score": got,
-                                  "best_raw": max(raw), "vs_raw": got - max(raw)}
+                                  "best_raw": raw[best_raw], "best_raw_representation": best_raw,
+                                  "vs_raw": got - raw[best_raw]}
+                    if saved is not None and got < raw[best_raw]:
+                        cells[clf]["pooled_vs_raw"] = _cell_interval(
+                            saved, name, clf, best_raw, pick["representation"])
             beats = bool(best) and all(g.get("lo") is not None and g["lo"] > 0
                                        for g in gains[best].values()) and len(gains[best]) == 2
+            worst = min(cells, key=lambda c: cells[c]["vs_raw"], default=None)
             out[name] = {
                 "best_learned": best,
                 "averaged_gains": gains.get(best, {}),
                 "recommended": rec.get("representation"),
                 "cells": cells,
                 "beats_raw_and_pca": beats,
-                "worst_cell_vs_raw": min((c["vs_raw"] for c in cells.values()), default=None),
+                "worst_cell_vs_raw": cells[worst]["vs_raw"] if worst else None,
+                "worst_cell": worst,
                 "cells_ok": all(c["vs_raw"] >= -CELL_TOLERANCE for c in cells.values()),
             }
     return out
@@ -245,6 +272,10 @@ def bar_table(bar: dict) -> str:
     for task, b in bar.items():
         worst = b["worst_cell_vs_raw"]
         cell = "-" if worst is None else f"{worst:+.3f}" + ("" if b["cells_ok"] else " (over 1 pt)")
+        pooled = b["cells"][b["worst_cell"]].get("pooled_vs_raw") if b.get("worst_cell") else None
+        if pooled and not b["cells_ok"]:
+            cell += (f", {b['worst_cell']}; pooled test rows {pooled['mean']:+.3f} "
+                     f"[{pooled['lo']:+.3f}, {pooled['hi']:+.3f}]")
         lines.append(f"| {task} | {b['best_learned']} | {ci(b['averaged_gains'].get('raw'))} | "
                      f"{ci(b['averaged_gains'].get('pca'))} | "
                      f"{'yes' if b['beats_raw_and_pca'] else 'no'} | {cell} |")
