@@ -425,6 +425,26 @@ def _search_lines(report: dict) -> list[str]:
     ]
 
 
+def _pick_note(pick: dict) -> str:
+    """Why a classifier's recommendation is not its best representation on validation."""
+    best = pick.get("best_on_validation")
+    if pick.get("kept_raw"):
+        return f" (kept: `{best}` scored higher, without a clear gain)"
+    return ""
+
+
+def _fits_lines(protocol: dict) -> list[str]:
+    """Which classifiers were fitted several times per cell, with different seeds."""
+    seeded, n = protocol.get("seed_dependent") or [], protocol.get("classifier_seeds", 1)
+    if not seeded or n < 2:
+        return []
+    names = ", ".join(f"`{c}`" for c in seeded)
+    return [
+        f"- {names}: fitted {n} times per cell with different seeds (their fits draw random "
+        "numbers); a cell's scores, and its side of every paired gain, are the mean over the fits."
+    ]
+
+
 def render_markdown(report: dict, plots: list[str] = ()) -> str:
     """report.md: what a person reads to decide which representation to use."""
     protocol, inputs = report["protocol"], report.get("inputs", {})
@@ -680,26 +700,6 @@ def plot_embedding_2d(samples: dict[str, tuple[np.ndarray, np.ndarray]], task: d
 
 
 # -- storage ---------------------------------------------------------------------------------
-
-
-def _pick_note(pick: dict) -> str:
-    """Why a classifier's recommendation is not its best representation on validation."""
-    best = pick.get("best_on_validation")
-    if pick.get("kept_raw"):
-        return f" (kept: `{best}` scored higher, without a clear gain)"
-    return ""
-
-
-def _fits_lines(protocol: dict) -> list[str]:
-    """Which classifiers were fitted several times per cell, with different seeds."""
-    seeded, n = protocol.get("seed_dependent") or [], protocol.get("classifier_seeds", 1)
-    if not seeded or n < 2:
-        return []
-    names = ", ".join(f"`{c}`" for c in seeded)
-    return [
-        f"- {names}: fitted {n} times per cell with different seeds (their fits draw random "
-        "numbers); a cell's scores, and its side of every paired gain, are the mean over the fits."
-    ]
 
 
 def write_report(

@@ -501,6 +501,10 @@ def build_representations(
 # -- one cell --------------------------------------------------------------------------------
 
 
+# The metric whose value per fit a row of several fits lists, to show the spread between seeds.
+FITS_METRIC = "macro_f1"
+
+
 def run_cell(
     rep: RepData,
     fold: Fold,
@@ -555,10 +559,6 @@ def run_cell(
     return row, y_pred
 
 
-# The metric whose value per fit a row of several fits lists, to show the spread between seeds.
-FITS_METRIC = "macro_f1"
-
-
 def _mean_of_fits(fits: list[dict]) -> dict[str, Any]:
     """One result from several fits of a classifier on the same rows: metrics and timings averaged
     (None when a fit has none, e.g. an AUROC that needs every class), per-class F1 per class."""
@@ -592,13 +592,12 @@ class Plan:
     train_cfg: TrainConfig
     pca_k: int
     seed: int
+    classifier_seeds: int = 1
 
     @property
     def n_cells(self) -> int:
         n_folds = sum(len(f) for f in self.folds.values())
         return n_folds * len(self.representations) * len(self.classifiers)
-
-    classifier_seeds: int = 1
 
     def cell_seeds(self, fold: Fold, classifier: str) -> list[int]:
         """The seeds of a cell's fits: one, unless the classifier's fit draws random numbers."""

@@ -24,8 +24,7 @@ import os
 import threading
 import time
 from pathlib import Path
-
-import numpy as np
+from types import SimpleNamespace
 
 from adapt.config import load_config
 from adapt.storage import Storage
@@ -159,21 +158,25 @@ def run_corpus(
             "report_dir": scored.report_dir}
 
 
+def _saved_folds(saved: dict, task: str, kind: str) -> list:
+    """A task's outer ("test") or "validation" folds as `read_predictions` gives them back, in
+    the run's order, with what the score stage's pooling reads of a fold."""
+    outer = kind == "test"
+    return [SimpleNamespace(kind=kind, label=f, y_test=y) for (name, f), y in saved["y"].items()
+            if name == task and isinstance(f, int) == outer]
+
+
 def recommend_again(report: dict, report_dir: str) -> dict:
     """A finished run's recommendation derived again by the current `score.recommend`, from the
     run's validation cells and saved validation predictions: a change of the rule, judged on the
     very cells the run scored."""
-    from types import SimpleNamespace
-
     from adapt import score
     from adapt.config import ScoreConfig
 
     sc = ScoreConfig(**report["config"]["score"])
     saved = score.read_predictions(Storage(), report_dir)
     tasks = [SimpleNamespace(name=t["name"]) for t in report["tasks"]]
-    folds = {t.name: [SimpleNamespace(kind="validation", label=f, y_test=y)
-                      for (name, f), y in saved["y"].items()
-                      if name == t.name and not isinstance(f, int)] for t in tasks}
+    folds = {t.name: _saved_folds(saved, t.name, "validation") for t in tasks}
     means = [r for r in report["validation"] if r["fold"] == "mean"]
     protocol = report["protocol"]
     return score.recommend(tasks, means, protocol["representations"], protocol["classifiers"],
@@ -197,13 +200,12 @@ def table(results: list[dict], metric: str = "macro_f1") -> str:
 
 def _cell_interval(saved: dict, task: str, clf: str, base: str, rep: str) -> dict:
     """Paired 95% interval of rep - base for one classifier, pooled over the outer folds."""
-    from adapt import scoring
+    from adapt.score import _pooled_gain
 
-    folds = sorted(f for (t, f) in saved["y"] if t == task and isinstance(f, int))
-    y = np.concatenate([saved["y"][(task, f)] for f in folds])
-    a, b = (np.concatenate([saved["pred"][(task, x, clf, f)] for f in folds], axis=1)
-            for x in (base, rep))
-    return scoring.paired_gain_ci(y, a, b, "macro_f1", n_boot=2000)
+    sc = SimpleNamespace(metric="macro_f1", n_boot=2000, alpha=0.05, seed=0)
+    gain = _pooled_gain(SimpleNamespace(name=task), _saved_folds(saved, task, "test"),
+                        saved["pred"], [clf], sc, base, rep)
+    return {k: gain[k] for k in ("mean", "lo", "hi")}
 
 
 def check_bar(results: list[dict]) -> dict:
