@@ -570,6 +570,16 @@ class ScoreConfig(Strict):
     val_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of a fold's training rows the inner split holds out."
     )
+    validation_rows: int = Field(
+        1000,
+        ge=0,
+        le=10_000_000,
+        description="Per task, more inner validation splits of each validation fold (the other "
+        "inner folds, each holding out different rows) until the validation rows pooled over them "
+        "reach this many, or every training row is held out once. A few hundred rows leave the "
+        "interval of a 5-point gain reaching zero; a small task gets more splits, which are cheap "
+        "there (0: one split).",
+    )
     metric: Literal["macro_f1", "micro_f1", "accuracy"] = Field(
         "macro_f1", description="Metric of the gains, the recommendation and the headline table."
     )

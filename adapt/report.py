@@ -194,6 +194,9 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "n_boot": {"type": "integer"},
                 "validation_folds": {"type": "integer"},
                 "val_fraction": {"type": "number"},
+                "validation_rows": {"type": "integer"},
+                "validation_splits": {"type": "object",
+                                      "additionalProperties": {"type": "integer"}},
                 "classifier_seeds": {"type": "integer", "minimum": 1},
                 "seed_dependent": {"type": "array", "items": {"type": "string"}},
                 "pca_k": {"type": "integer"},
@@ -238,7 +241,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "fold = 'mean' (mean over folds, bootstrap interval lo/hi)",
         },
         "validation": {
-            **_rows({"type": "string", "pattern": "^val[0-9]+$"}),
+            **_rows({"type": "string", "pattern": "^val[0-9]+([.][0-9]+)?$"}),
             "description": "validation scores (inner split of training rows), the "
             "only input of the recommendation",
         },
@@ -400,6 +403,16 @@ def headline(report: dict) -> str:
     return "\n".join(out).rstrip()
 
 
+def _splits_note(protocol: dict) -> str:
+    """How many inner splits each task's validation folds got, when any got more than one."""
+    splits = protocol.get("validation_splits") or {}
+    if not any(n > 1 for n in splits.values()):
+        return ""
+    each = ", ".join(f"{task} {n}" for task, n in splits.items())
+    return (f"; inner splits per fold, until {protocol.get('validation_rows')} validation rows: "
+            f"{each}")
+
+
 def _search_lines(report: dict) -> list[str]:
     """One line on what the in-fold heads' hyper-parameter searches chose, fold by fold."""
     chosen: dict[str, Counter] = {}
@@ -482,9 +495,9 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
         "interval on the pooled out-of-fold predictions. The baseline is the best raw (or PCA) "
         "representation for that task and classifier, picked on the same test rows: this favours "
         "the baseline, so gains are if anything understated.",
-        "- Recommendation: chosen from validation cells only (an inner split of the training rows "
-        f"of {protocol.get('validation_folds', 0)} outer fold(s), holding out "
-        f"{protocol.get('val_fraction', 0):.0%}), never from test rows.",
+        "- Recommendation: chosen from validation cells only (inner splits of the training rows "
+        f"of {protocol.get('validation_folds', 0)} outer fold(s), each holding out "
+        f"{protocol.get('val_fraction', 0):.0%}{_splits_note(protocol)}), never from test rows.",
     ]
     lines += _search_lines(report)
     for h in report.get("heads", []):

@@ -59,7 +59,8 @@ SLOW_FIRST = {
 }
 # A cell's i-th fit is seeded seed + fold + SEED_STRIDE * i, apart from every other cell's seeds.
 SEED_STRIDE = 1000
-# Outer folds are numbered 0..n-1; the inner validation split of outer fold i is named "val<i>".
+# Outer folds are numbered 0..n-1; the inner validation splits of outer fold i are named "val<i>",
+# "val<i>.1", "val<i>.2", ...
 VALIDATION_PREFIX = "val"
 
 
@@ -228,7 +229,7 @@ class Fold:
     """
 
     task: str
-    name: str  # "0".."n-1" for outer folds, "val<i>" for the inner split of outer fold i
+    name: str  # "0".."n-1" for outer folds, "val<i>[.<j>]" for inner splits of outer fold i
     kind: str  # "test" or "validation"
     index: int  # the outer fold
     train: np.ndarray
@@ -246,9 +247,9 @@ class Fold:
 
 
 def plan_folds(task: Task, sc: ScoreConfig) -> list[Fold]:
-    """The outer folds (`scoring.splits`; only `sc.only_folds` when set), then an inner
-    validation split of the first `sc.validation_folds` outer folds' training rows (stratified,
-    `sc.val_fraction` held out)."""
+    """The outer folds (`scoring.splits`; only `sc.only_folds` when set), then inner validation
+    splits of the first `sc.validation_folds` outer folds' training rows (stratified k-fold with
+    `sc.val_fraction` held out per split): as many splits as `validation_splits` asks."""
     outer = scoring.splits(task.y, task.task_type, sc.n_folds, sc.seed, sc.scheme)
 
     def make(name: str, kind: str, index: int, train: np.ndarray, test: np.ndarray) -> Fold:
@@ -272,14 +273,29 @@ def plan_folds(task: Task, sc: ScoreConfig) -> list[Fold]:
         if sc.only_folds is None or i in sc.only_folds
     ]
     inner_folds = max(2, round(1 / sc.val_fraction))
-    for i in range(sc.validation_folds):
-        train = outer[i][0]
-        inner = scoring.splits(
-            task.y[train], task.task_type, inner_folds, seed=sc.seed + 1 + i, scheme="kfold"
+    inner = {
+        i: scoring.splits(
+            task.y[outer[i][0]], task.task_type, inner_folds, seed=sc.seed + 1 + i, scheme="kfold"
         )
-        fit, held = inner[0]
-        folds.append(make(f"{VALIDATION_PREFIX}{i}", "validation", i, train[fit], train[held]))
+        for i in range(sc.validation_folds)
+    }
+    n_splits = validation_splits([len(s[0][1]) for s in inner.values()], inner_folds, sc)
+    for i, splits in inner.items():
+        train = outer[i][0]
+        for j, (fit, held) in enumerate(splits[:n_splits]):
+            name = f"{VALIDATION_PREFIX}{i}" + (f".{j}" if j else "")
+            folds.append(make(name, "validation", i, train[fit], train[held]))
     return folds
+
+
+def validation_splits(held_rows: list[int], inner_folds: int, sc: ScoreConfig) -> int:
+    """Inner splits per validation fold: enough for the rows they hold out, pooled over the
+    validation folds (`held_rows`: one split's rows of each), to reach `sc.validation_rows`;
+    at most `inner_folds`, where every training row of a fold is held out once."""
+    one = sum(held_rows)
+    if not one or sc.validation_rows <= one:
+        return 1
+    return min(inner_folds, -(-sc.validation_rows // one))
 
 
 # -- representations -------------------------------------------------------------------------
@@ -1060,9 +1076,15 @@ def recommend(
     preds = preds or {}
     out = {}
     for task in tasks:
+        val_folds = [f for f in (folds or {}).get(task.name, []) if f.kind == "validation"]
+        # "val<i>" and "val<i>.<j>" are splits of outer fold i.
+        n_val = len({str(f.label).split(".")[0] for f in val_folds}) or sc.validation_folds
+        per_fold = len(val_folds) // n_val if val_folds else 1
+        pooled = f" ({sum(len(f.y_test) for f in val_folds)} rows pooled)" if val_folds else ""
         basis = (
-            f"Chosen on validation scores only: an inner validation split holding out "
-            f"{sc.val_fraction:.0%} of the training rows of {sc.validation_folds} outer fold(s); "
+            f"Chosen on validation scores only: {per_fold} inner validation split(s), each "
+            f"holding out {sc.val_fraction:.0%} of the training rows, of {n_val} outer "
+            f"fold(s){pooled}; "
             "a representation other than raw only with a validation gain over the best raw one "
             f"whose {1 - sc.alpha:.0%} paired interval is above zero; no test row was used"
         )
@@ -1081,7 +1103,6 @@ def recommend(
                 "basis": "no validation cells (score.validation_folds is 0)",
             }
             continue
-        val_folds = [f for f in (folds or {}).get(task.name, []) if f.kind == "validation"]
         scores = _averaged(table, representations, classifiers)
         best, note = _guarded(
             scores, partial(_pooled_gain, task, val_folds, preds, classifiers, sc)
@@ -1314,6 +1335,12 @@ def run_score(
             "n_boot": sc.n_boot,
             "validation_folds": sc.validation_folds,
             "val_fraction": sc.val_fraction,
+            "validation_rows": sc.validation_rows,
+            "validation_splits": {
+                t.name: sum(f.kind == "validation" for f in plan.folds[t.name])
+                // max(1, len({f.index for f in plan.folds[t.name] if f.kind == "validation"}))
+                for t in plan.tasks
+            },
             "classifier_seeds": sc.classifier_seeds,
             "seed_dependent": [
                 c for c in plan.classifiers
@@ -1368,7 +1395,7 @@ def predictions_npz(plan: Plan, preds: dict[tuple, np.ndarray]) -> bytes:
 
     Arrays: `pred|TASK|REPRESENTATION|CLASSIFIER|FOLD` (fits x rows, or fits x rows x labels
     for multilabel), `ids|TASK|FOLD` and `y|TASK|FOLD` for the fold's scored rows; FOLD is an
-    outer fold's number or "val<i>". Class ids index the task's classes in report.json."""
+    outer fold's number or "val<i>[.<j>]". Class ids index the task's classes in report.json."""
     arrays: dict[str, np.ndarray] = {}
     for task in plan.tasks:
         for fold in plan.folds[task.name]:
@@ -1385,7 +1412,7 @@ def predictions_npz(plan: Plan, preds: dict[tuple, np.ndarray]) -> bytes:
 def read_predictions(store: Storage, report_dir: str) -> dict[str, dict]:
     """predictions.npz of a report as {"pred": {(task, rep, classifier, fold): fits x rows},
     "ids": {(task, fold): row ids}, "y": {(task, fold): true labels}}; folds as in report rows
-    (int for outer folds, "val<i>" for validation splits)."""
+    (int for outer folds, "val<i>[.<j>]" for validation splits)."""
     out: dict[str, dict] = {"pred": {}, "ids": {}, "y": {}}
     with np.load(io.BytesIO(store.read_bytes(join(report_dir, PREDICTIONS_FILE)))) as npz:
         for name in npz.files:

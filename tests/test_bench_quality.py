@@ -14,6 +14,7 @@ from adapt.bench.quality import (
     bar_table,
     check_bar,
     combine_splits,
+    corpus_output,
     main,
     split_run_id,
     splits_table,
@@ -151,3 +152,19 @@ def test_combine_reads_the_runs_of_each_seed(tmp_path):
         main(["--out", str(tmp_path), "--combine"])
     assert _without(["--seeds", "0,1", "--out", "o", "--seed=3", "--run-id", "r", "--folds", "2"],
                     ("--seeds", "--seed", "--run-id")) == ["--out", "o", "--folds", "2"]
+
+
+def test_another_text_encoder_gets_its_own_output_folder(tmp_path):
+    # One output folder holds the embeddings of one set of encoders (extract refuses a second).
+    assert corpus_output(tmp_path, "icd10") == tmp_path / "icd10"
+    assert corpus_output(tmp_path, "icd10", "minilm-l6") == tmp_path / "icd10"
+    assert corpus_output(tmp_path, "icd10", "mpnet-base") == tmp_path / "icd10-mpnet-base"
+    assert corpus_output(tmp_path, "emoji", "hf:/m/x y") == tmp_path / "emoji-hf_m_x_y"
+
+
+def test_combine_keeps_the_tasks_every_split_scored():
+    runs = _two_splits()
+    runs["a"]["bar"]["u"] = {**runs["a"]["bar"]["t"], "beats_raw_and_pca": False}
+    combined = combine_splits(runs)
+    assert {c["task"] for c in combined["cells"]} == {"t"}
+    assert combined["per_split"]["a"]["bar_met"] and list(combined["per_split"]["a"]["gains"]) == ["t"]

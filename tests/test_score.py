@@ -15,7 +15,7 @@ from adapt import cli, score, scoring
 from adapt import report as report_io
 from adapt.bench import quality
 from adapt.bench.score import synthetic_embeddings, write_embeddings
-from adapt.config import SCORE_CLASSIFIERS, ConfigError, load_config
+from adapt.config import SCORE_CLASSIFIERS, ConfigError, ScoreConfig, load_config
 from adapt.storage import Storage
 
 ENCODERS = {"text": "minilm-l6", "image": "efficientnet-lite0"}
@@ -41,7 +41,8 @@ def make_config(output: str, train: dict = FAST_TRAIN, **score_section) -> dict:
         "output": output,
         "encoders": ENCODERS,
         "train": train,
-        "score": {"n_boot": 200, **score_section},
+        # One inner validation split unless a test asks for more: 300 rows would get five.
+        "score": {"n_boot": 200, "validation_rows": 0, **score_section},
     }
 
 
@@ -371,6 +372,7 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
             executor="local",
             n_folds=3,
             validation_folds=1,
+            validation_rows=100,  # one split of fold 0's 200 training rows holds out 40: 3 splits
             run_id="ml",
             tasks=[{"label_column": "label_tags"}, {"label_column": "label", "positive": "c0"}],
             representations=["raw:text", "projected:per_modality"],
@@ -401,9 +403,16 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
         if r["fold"] != "mean"
     )
     assert "label_tags" in result.describe() and "recommended" in result.describe()
+    # Three inner splits of fold 0 (validation_rows 100, 40 rows each), disjoint training rows.
+    assert report["protocol"]["validation_splits"] == {"label_tags": 3, "label=c0": 3}
+    assert {r["fold"] for r in report["validation"]} == {"val0", "val0.1", "val0.2", "mean"}
+    assert "3 inner validation split(s)" in rec["basis"] and "(120 rows pooled)" in rec["basis"]
     # predictions.npz holds every cell's predictions with its fold's rows, validation included.
     saved = score.read_predictions(Storage(), result.report_dir)
-    assert len(saved["pred"]) == 2 * 4 * 2 * 2  # tasks x folds (3 + val0) x reps x classifiers
+    held = [saved["ids"][("label_tags", f)] for f in ("val0", "val0.1", "val0.2")]
+    assert len(set(np.concatenate(held))) == 120
+    assert not set(np.concatenate(held)) & set(saved["ids"][("label_tags", 0)])
+    assert len(saved["pred"]) == 2 * 6 * 2 * 2  # tasks x folds (3 + 3 val) x reps x classifiers
     assert saved["pred"][("label_tags", "raw:text", "knn", 0)].shape == (1, 100, 3)
     assert saved["pred"][("label=c0", "projected:per_modality", "logreg", "val0")].ndim == 2
     ids = np.concatenate([saved["ids"][("label_tags", f)] for f in range(3)])
@@ -606,3 +615,14 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
     # No validation predictions to test on: the best one, as before.
     assert score._guarded(scores, lambda b, r: None)[0] == "projected:single"
 
+
+
+def test_validation_splits_grow_until_enough_rows_are_held_out():
+    def sc(rows):
+        return ScoreConfig(validation_rows=rows)
+
+    assert score.validation_splits([105, 105, 105], 5, sc(1000)) == 4  # a small task: 4 x 315
+    assert score.validation_splits([533, 533, 533], 5, sc(1000)) == 1  # enough in one split
+    assert score.validation_splits([40], 5, sc(10_000)) == 5  # every training row, once
+    assert score.validation_splits([105, 105, 105], 5, sc(0)) == 1
+    assert score.validation_splits([], 5, sc(1000)) == 1

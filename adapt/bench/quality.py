@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -127,6 +128,14 @@ def build_corpus(name: str, root: Path, icd10_rows: int) -> str:
     return str(out)
 
 
+def corpus_output(out: Path, name: str, text_encoder: str | None = None) -> Path:
+    """A corpus's output folder: another text encoder than the default gets its own, since an
+    output folder holds the embeddings of one set of encoders."""
+    if not text_encoder or text_encoder == ENCODERS[name]["text"]:
+        return out / name
+    return out / f"{name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', text_encoder)}"
+
+
 def run_corpus(
     name: str, corpus: str, out: Path, folds: int, classifiers: list[str] | None,
     train: dict | None = None, run_id: str = "quality", seed: int = 0,
@@ -141,7 +150,7 @@ def run_corpus(
     if classifiers:
         score["classifiers"] = classifiers
     config = load_config(data={
-        "corpus": corpus, "output": str(out / name),
+        "corpus": corpus, "output": str(corpus_output(out, name, text_encoder)),
         "encoders": {**ENCODERS[name], **({"text": text_encoder} if text_encoder else {})},
         "extract": {"batch_size": 64, "torch_threads": 2},
         "train": train or {},
@@ -347,7 +356,7 @@ def _test_means(results: dict) -> dict[tuple, float]:
 
 def combine_splits(runs: dict[str, dict]) -> dict:
     """The bar over several fold splits of the same data (each a `write_summary` JSON, keyed by
-    run id). One split's per-cell check compares two noisy test means, the recommended cell's and
+    run id), on the tasks every run scored. One split's per-cell check compares two noisy test means, the recommended cell's and
     the best of the raw ones picked on the same test rows; over splits the noise averages out.
 
     Per (task, classifier) cell: each split's recommendation and shortfall against that split's
@@ -361,7 +370,7 @@ def combine_splits(runs: dict[str, dict]) -> dict:
     """
     ids = list(runs)
     means = {i: _test_means(runs[i]["results"]) for i in ids}
-    tasks = list(runs[ids[0]]["bar"])
+    tasks = [t for t in runs[ids[0]]["bar"] if all(t in runs[i]["bar"] for i in ids)]
     cells, per_split, floor = {}, {}, {}
     for task in tasks:
         clfs = list(runs[ids[0]]["bar"][task]["cells"])
@@ -387,7 +396,7 @@ def combine_splits(runs: dict[str, dict]) -> dict:
                                     clf)] - top < -CELL_TOLERANCE for j in ids if j != i]
                 floor[i] = floor.get(i, 0.0) + (sum(misses) / len(misses) if misses else 0.0)
     for i in ids:
-        bar = runs[i]["bar"]
+        bar = {t: runs[i]["bar"][t] for t in tasks}
         per_split[i] = {
             "bar_met": all(b["beats_raw_and_pca"] for b in bar.values()),
             "gains": {t: {base: b["averaged_gains"].get(base, {}).get("mean")
@@ -465,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="score.seed: folds, classifiers, heads")
     p.add_argument("--text-encoder", default=None, metavar="NAME",
                    help="text encoder of every corpus (default minilm-l6), e.g. mpnet-base; "
-                   "embeddings of another encoder are kept apart in the same --out")
+                   "its outputs go to {corpus}-{encoder} folders in --out")
     p.add_argument("--run-id", default="quality",
                    help="report folder name, and {run-id}.md/.json in --out; ablations sharing "
                    "--out reuse its embeddings")
@@ -498,7 +507,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.summarize:
         results = []
         for name in args.corpora.split(","):
-            report_dir = out / name / "reports" / args.run_id
+            report_dir = corpus_output(out, name, args.text_encoder) / "reports" / args.run_id
             report = json.loads((report_dir / "report.json").read_text())
             if args.recommend:
                 report["recommendation"] = json.loads(json.dumps(
