@@ -1057,6 +1057,13 @@ def _guarded(
     return best, note
 
 
+def _validation_layout(val_folds: list) -> tuple[int, int]:
+    """(outer folds with validation splits, inner splits per such fold) of a task's validation
+    folds, read from their labels: "val<i>" and "val<i>.<j>" are splits of outer fold i."""
+    outer = len({str(f.label).split(".")[0] for f in val_folds})
+    return outer, (len(val_folds) // outer if outer else 1)
+
+
 def recommend(
     tasks: list[Task],
     validation_means: list[dict],
@@ -1077,9 +1084,8 @@ def recommend(
     out = {}
     for task in tasks:
         val_folds = [f for f in (folds or {}).get(task.name, []) if f.kind == "validation"]
-        # "val<i>" and "val<i>.<j>" are splits of outer fold i.
-        n_val = len({str(f.label).split(".")[0] for f in val_folds}) or sc.validation_folds
-        per_fold = len(val_folds) // n_val if val_folds else 1
+        n_val, per_fold = _validation_layout(val_folds)
+        n_val = n_val or sc.validation_folds
         pooled = f" ({sum(len(f.y_test) for f in val_folds)} rows pooled)" if val_folds else ""
         basis = (
             f"Chosen on validation scores only: {per_fold} inner validation split(s), each "
@@ -1337,8 +1343,9 @@ def run_score(
             "val_fraction": sc.val_fraction,
             "validation_rows": sc.validation_rows,
             "validation_splits": {
-                t.name: sum(f.kind == "validation" for f in plan.folds[t.name])
-                // max(1, len({f.index for f in plan.folds[t.name] if f.kind == "validation"}))
+                t.name: _validation_layout(
+                    [f for f in plan.folds[t.name] if f.kind == "validation"]
+                )[1]
                 for t in plan.tasks
             },
             "classifier_seeds": sc.classifier_seeds,
