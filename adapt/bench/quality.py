@@ -213,6 +213,13 @@ def table(results: list[dict], metric: str = "macro_f1") -> str:
     return "\n".join(lines)
 
 
+def _means(rows: list[dict], metric: str = "macro_f1") -> dict[tuple, float]:
+    """(task, representation, classifier) -> a report's metric averaged over its folds (the
+    fold="mean" rows), for the cells that have one."""
+    return {(x["task"], x["representation"], x["classifier"]): x[metric]
+            for x in rows if x.get("fold") == "mean" and x.get(metric) is not None}
+
+
 def _cell_interval(saved: dict, task: str, clf: str, base: str, rep: str) -> dict:
     """Paired 95% interval of rep - base for one classifier, pooled over the outer folds."""
     from adapt.score import _pooled_gain
@@ -237,8 +244,7 @@ def check_bar(results: list[dict]) -> dict:
 
             saved = read_predictions(Storage(), r["report_dir"])
         metric = report["protocol"]["metric"]
-        means = {(x["task"], x["representation"], x["classifier"]): x.get(metric)
-                 for x in report["results"] if x.get("fold") == "mean"}
+        means = _means(report["results"], metric)
         for task in report["tasks"]:
             name = task["name"]
             gains: dict[str, dict] = {}
@@ -251,7 +257,7 @@ def check_bar(results: list[dict]) -> dict:
             cells = {}
             for clf, pick in rec.get("by_classifier", {}).items():
                 raw = {rep: v for (t, rep, c), v in means.items()
-                       if t == name and c == clf and rep.startswith("raw:") and v is not None}
+                       if t == name and c == clf and rep.startswith("raw:")}
                 got = means.get((name, pick["representation"], clf))
                 if raw and got is not None:
                     best_raw = max(raw, key=raw.get)
@@ -307,8 +313,7 @@ def averaged_table(results: list[dict]) -> str:
     for r in results:
         report = r["report"]
         clfs = report["protocol"]["classifiers"]
-        means = {(x["task"], x["representation"], x["classifier"]): x.get("macro_f1")
-                 for x in report["results"] if x.get("fold") == "mean"}
+        means = _means(report["results"])
         gains = {(g["task"], g["representation"], g["baseline"]): g
                  for g in report.get("mean_gains", [])}
         for task in report["tasks"]:
@@ -347,17 +352,11 @@ def split_run_id(run_id: str, seed: int, seeds: list[int]) -> str:
     return run_id if seed == seeds[0] else f"{run_id}-seed{seed}"
 
 
-def _test_means(results: dict) -> dict[tuple, float]:
-    """(task, representation, classifier) -> the test metric averaged over the outer folds."""
-    return {(x["task"], x["representation"], x["classifier"]): x["macro_f1"]
-            for rows in results.values() for x in rows
-            if x.get("fold") == "mean" and x.get("macro_f1") is not None}
-
-
 def combine_splits(runs: dict[str, dict]) -> dict:
     """The bar over several fold splits of the same data (each a `write_summary` JSON, keyed by
-    run id), on the tasks every run scored. One split's per-cell check compares two noisy test means, the recommended cell's and
-    the best of the raw ones picked on the same test rows; over splits the noise averages out.
+    run id), on the tasks every run scored. One split's per-cell check compares two noisy test
+    means, the recommended cell's and the best of the raw ones picked on the same test rows; over
+    splits the noise averages out.
 
     Per (task, classifier) cell: each split's recommendation and shortfall against that split's
     best raw cell; `mean_vs_raw`, the recommended cells' test means averaged over the splits
@@ -369,7 +368,7 @@ def combine_splits(runs: dict[str, dict]) -> dict:
     for any rule that picks from scores on held-out rows.
     """
     ids = list(runs)
-    means = {i: _test_means(runs[i]["results"]) for i in ids}
+    means = {i: _means([x for rows in runs[i]["results"].values() for x in rows]) for i in ids}
     tasks = [t for t in runs[ids[0]]["bar"] if all(t in runs[i]["bar"] for i in ids)]
     cells, per_split, floor = {}, {}, {}
     for task in tasks:
