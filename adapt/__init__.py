@@ -12,7 +12,7 @@ __all__ = ["__version__", "load_head"]
 def __getattr__(name: str):
     # `adapt.load_head` without importing torch on `import adapt`.
     if name == "load_head":
-        from adapt.artifact import load_head
+        from adapt.train.artifact import load_head
 
         return load_head
     raise AttributeError(f"module 'adapt' has no attribute {name!r}")

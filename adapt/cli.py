@@ -21,11 +21,11 @@ from adapt.config import ConfigError, load_config
 
 # Stage name -> "module:function"; each function takes a Config and returns a printable summary.
 STAGES = {
-    "extract": "adapt.extract:main",
-    "train": "adapt.train:main",
-    "apply": "adapt.artifact:main",
-    "score": "adapt.score:main",
-    "nightly": "adapt.nightly:main",
+    "extract": "adapt.extract.stage:main",
+    "train": "adapt.train.stage:main",
+    "apply": "adapt.apply.stage:main",
+    "score": "adapt.score.stage:main",
+    "nightly": "adapt.nightly.stage:main",
 }
 PIPELINE = ["extract", "train", "score"]
 

@@ -13,11 +13,12 @@ import copy
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adapt import classifiers
 from adapt import encoders as encoder_registry
 
 Modality = Literal["text", "image"]
@@ -29,6 +30,20 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys that were renamed: old name -> new name. A config that still uses an old name is
+    # refused with the new one, rather than with a bare "unknown key".
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [k for k in cls.RENAMED if k in data]
+            if old:
+                raise ValueError(
+                    "; ".join(f"{k} is now called {cls.RENAMED[k]}: rename the key" for k in old)
+                )
+        return data
 
 
 class StorageConfig(Strict):
@@ -106,9 +121,17 @@ class ExtractConfig(Strict):
     max_rows_per_shard: int | None = Field(
         None, ge=1, description="Stop after this many rows per input shard (smoke runs)."
     )
+    num_cpus_per_task: float = Field(
+        0.25,
+        gt=0,
+        le=256,
+        description="CPUs reserved by each read, write, count and commit task. Fractional: they "
+        "wait on storage more than they compute, and whole CPUs for them would starve the "
+        "encoder actors on a small node.",
+    )
 
 
-# The authors' recipe (PAPER.md): the "paper" preset fills these in; head shape comes from
+# The authors' recipe (arXiv 2502.02048, as their code runs it): the "paper" preset fills these in; head shape comes from
 # heads.paper_spec (hidden min(d // 2, 16), 128 outputs, no normalisation, no dropout).
 PAPER_RECIPE: dict[str, Any] = {
     "loss": "pairwise_bce",
@@ -120,7 +143,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.0,
     "patience": None,
-    "val_fraction": 0.2,
+    "early_stopping_fraction": 0.2,
     "seed": 42,
     "cross_modal_weight": 0.0,
 }
@@ -167,7 +190,7 @@ class SearchConfig(Strict):
     Every combination of `grid` is fitted on the training rows less a stratified hold-out (by a
     hash of the row id), the hold-out rows are projected, and cheap probe classifiers fitted on the
     projected fit rows score them (macro-F1, averaged over the probes). The best combination (the
-    first listed on a tie) is then fitted on all training rows. `adapt.search` has the details.
+    first listed on a tie) is then fitted on all training rows. `adapt.train.search` has the details.
     """
 
     grid: dict[str, list[Any]] = Field(
@@ -175,14 +198,16 @@ class SearchConfig(Strict):
         description="Train keys and the values to try; every combination is a trial. Empty: no "
         "search.",
     )
-    holdout: float = Field(
+    RENAMED: ClassVar[dict[str, str]] = {"holdout": "holdout_fraction"}
+
+    holdout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of the training rows held out to score trials."
     )
     folds: int | None = Field(
         None,
         ge=1,
         le=10,
-        description="1: one hold-out of `holdout`; k >= 2: k-fold over the training rows, every "
+        description="1: one hold-out of `holdout_fraction`; k >= 2: k-fold over the training rows, every "
         "trial fitted k times and scored on all of them (k times the cost, less noise). None: "
         "3-fold when one hold-out would hold fewer than `min_held` rows, else one hold-out.",
     )
@@ -192,8 +217,8 @@ class SearchConfig(Strict):
         description="folds: None switches to 3-fold below this many held-out rows: a macro-F1 "
         "on a few hundred rows is too noisy to tell the trials apart.",
     )
-    probes: list[Literal["logreg", "xgboost", "random_forest", "svc", "mlp", "cart", "knn"]] = (
-        Field(["knn", "logreg"], min_length=1, description="Classifiers that score a trial.")
+    probes: list[str] = Field(
+        ["knn", "logreg"], min_length=1, description="Classifiers that score a trial."
     )
     max_rows: int = Field(
         20000,
@@ -210,6 +235,11 @@ class SearchConfig(Strict):
         1.0, gt=0.0, le=256.0, description="CPUs reserved per Ray Tune trial (the train job)."
     )
 
+    @field_validator("probes")
+    @classmethod
+    def _known_probes(cls, names: list[str]) -> list[str]:
+        return _known_classifiers(names)
+
     @field_validator("grid")
     @classmethod
     def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -225,7 +255,7 @@ class SearchConfig(Strict):
         """How many fits per trial on `n_rows` search rows (1: one hold-out)."""
         if self.folds is not None:
             return self.folds
-        return 1 if self.holdout * n_rows >= self.min_held else AUTO_FOLDS
+        return 1 if self.holdout_fraction * n_rows >= self.min_held else AUTO_FOLDS
 
     @property
     def n_trials(self) -> int:
@@ -242,6 +272,8 @@ class TrainConfig(Strict):
     and the PCA skip branch) are what `make bench-quality` measures on the real corpora; the
     `paper` preset reproduces the authors' recipe instead.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"val_fraction": "early_stopping_fraction"}
 
     preset: Literal["paper"] | None = Field(
         None,
@@ -274,11 +306,11 @@ class TrainConfig(Strict):
         "standardize",
         description="Per-modality input scaling, fitted on the training rows and stored with the "
         "head: standardize (zero mean, unit variance per dimension), l2 (unit rows), none. Image "
-        "features can have hundreds of times the variance of text features (PAPER.md).",
+        "features can have hundreds of times the variance of text features (228x on the demo corpus).",
     )
     # -- loss --
     loss: Literal["supcon", "pairwise_bce", "triplet"] = Field(
-        "supcon", description="Contrastive loss (adapt.losses.LOSSES)."
+        "supcon", description="Contrastive loss (adapt.train.losses.LOSSES)."
     )
     temperature: float = Field(
         0.1, gt=0.0, le=10.0, description="Softmax / logit temperature of supcon and pairwise_bce."
@@ -317,12 +349,12 @@ class TrainConfig(Strict):
         description="Stop after this many epochs without a lower validation loss and keep the "
         "best epoch's weights; None trains every epoch and keeps the last.",
     )
-    val_fraction: float = Field(
+    early_stopping_fraction: float = Field(
         0.2,
         ge=0.0,
         lt=1.0,
         description="Share of the training rows held out (stratified by class, by a hash of the "
-        "row id) for the validation loss.",
+        "row id) for the validation loss that early stopping watches.",
     )
     seed: int = Field(42, ge=0, description="Seeds weights, batches and the hold-out split.")
     # -- data --
@@ -359,6 +391,14 @@ class TrainConfig(Strict):
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="Intra-op threads per worker (None: CPUs asked, min 1)."
     )
+    num_cpus_per_read: float | None = Field(
+        None,
+        gt=0.0,
+        le=256.0,
+        description="CPUs reserved by each Ray Data read task that feeds the Train workers. None: "
+        "1 where the workers leave a CPU free (one-CPU tasks read about twice as fast: fewer "
+        "processes to start), else 0.25, since a read task that cannot be scheduled hangs the run.",
+    )
     gather_negatives: bool = Field(
         True,
         description="Gather projections from every worker so each loss sees the global batch "
@@ -367,7 +407,8 @@ class TrainConfig(Strict):
     # -- selection --
     search: SearchConfig | None = Field(
         default_factory=SearchConfig,
-        description="Hyper-parameter selection on a hold-out of the training rows (adapt.search); "
+        description="Hyper-parameter selection on a hold-out of the training rows "
+        "(adapt.train.search); "
         "null: fit the settings as given. Off under the paper preset unless set.",
     )
     checkpoint_every_epochs: int = Field(
@@ -398,9 +439,9 @@ class TrainConfig(Strict):
         problems = []
         if self.cross_modal_weight > 0 and self.mode != "per_modality":
             problems.append("cross_modal_weight > 0 needs mode: per_modality")
-        if self.patience is not None and self.val_fraction == 0:
+        if self.patience is not None and self.early_stopping_fraction == 0:
             problems.append(
-                "early stopping (patience) needs val_fraction > 0, or set patience: null"
+                "early stopping (patience) needs early_stopping_fraction > 0, or set patience: null"
             )
         if not (self.label_column == "label" or self.label_column.startswith("label_")):
             problems.append(f"label_column must be 'label' or 'label_*', got {self.label_column!r}")
@@ -455,9 +496,15 @@ class TrainConfig(Strict):
 # variants; "concat" is every modality side by side, each scaled to unit total variance first.
 SCORE_FAMILIES = ("raw", "pca", "projected")
 PROJECTED_MODES = ("single", "per_modality")
-# Kept in step with adapt.scoring.CLASSIFIERS (a test checks); listed here so that loading a
-# config does not import scikit-learn.
-SCORE_CLASSIFIERS = ("logreg", "xgboost", "random_forest", "svc", "mlp", "cart", "knn")
+
+
+def _known_classifiers(names: list[str]) -> list[str]:
+    unknown = sorted(set(names) - set(classifiers.NAMES))
+    if unknown:
+        raise ValueError(f"unknown classifier(s) {unknown}: valid are {list(classifiers.NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError("a classifier is listed twice")
+    return names
 
 
 class ScoreTask(Strict):
@@ -513,6 +560,8 @@ class ScoreConfig(Strict):
     once per (task, fold), heads trained on that fold's training rows only.
     """
 
+    RENAMED: ClassVar[dict[str, str]] = {"val_fraction": "validation_fraction"}
+
     tasks: list[ScoreTask] = Field(
         [ScoreTask()], min_length=1, description="Tasks to score (default: one task on `label`)."
     )
@@ -528,7 +577,7 @@ class ScoreConfig(Strict):
         "have been trained on rows that are test rows here, which the report says.",
     )
     classifiers: list[str] = Field(
-        list(SCORE_CLASSIFIERS), min_length=1, description="Downstream classifiers to fit."
+        list(classifiers.NAMES), min_length=1, description="Downstream classifiers to fit."
     )
     classifier_params: dict[str, dict[str, Any]] = Field(
         {}, description="Classifier -> parameters overriding its defaults, e.g. {svc: {C: 10}}."
@@ -567,7 +616,7 @@ class ScoreConfig(Strict):
         "One split alone let a noisy classifier (an MLP) pick a representation that then lost "
         "on test rows.",
     )
-    val_fraction: float = Field(
+    validation_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of a fold's training rows the inner split holds out."
     )
     validation_rows: int = Field(
@@ -627,12 +676,7 @@ class ScoreConfig(Strict):
     @field_validator("classifiers")
     @classmethod
     def _known_classifiers(cls, names: list[str]) -> list[str]:
-        unknown = sorted(set(names) - set(SCORE_CLASSIFIERS))
-        if unknown:
-            raise ValueError(f"unknown classifier(s) {unknown}: valid are {list(SCORE_CLASSIFIERS)}")
-        if len(set(names)) != len(names):
-            raise ValueError("a classifier is listed twice")
-        return names
+        return _known_classifiers(names)
 
     @model_validator(mode="before")
     @classmethod
@@ -697,6 +741,19 @@ class NightlyConfig(Strict):
     )
 
 
+class ApplyConfig(Strict):
+    """The apply stage: a trained head over every committed embeddings file."""
+
+    head: str | None = Field(
+        None,
+        description="The head to apply: a heads/<run-id> folder, its head.safetensors, or an output "
+        "root (its latest head). None: train.run_id's head when that is set, else the latest head "
+        "under `output`.",
+    )
+    num_workers: int = Field(1, ge=1, le=1024, description="Apply actors (one head copy each).")
+    num_cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="CPUs per apply actor.")
+
+
 class Config(Strict):
     """A whole job configuration; each stage reads the top-level keys and its own section."""
 
@@ -710,6 +767,7 @@ class Config(Strict):
     extract: ExtractConfig = ExtractConfig()
     nightly: NightlyConfig = NightlyConfig()
     train: TrainConfig = TrainConfig()
+    apply: ApplyConfig = ApplyConfig()
     score: ScoreConfig = ScoreConfig()
 
     @field_validator("corpus", "output")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from adapt import schema
+from adapt import layout, schema
 from adapt.storage import Storage, join
 
 
@@ -45,12 +45,8 @@ class Embeddings:
         )
 
 
-def manifest_path(output: str) -> str:
-    return join(output, "embeddings", "_manifest.json")
-
-
 def read_manifest(store: Storage, output: str) -> dict:
-    manifest = store.read_json_or_none(manifest_path(output))
+    manifest = store.read_json_or_none(layout.manifest(output))
     if manifest is None or not manifest.get("complete"):
         raise EmbeddingsError(
             f"no complete embeddings under {join(output, 'embeddings')}: run `adapt extract` "

@@ -25,6 +25,10 @@ def embedding_column(modality: str) -> str:
     return f"{modality}_embedding"
 
 
+# The apply stage's output column: a head's projection of a row's embeddings.
+PROJECTED_EMBEDDING = "projected_embedding"
+
+
 # Rejects (rows that could not be embedded).
 REASON = "reason"
 STAGE = "stage"

@@ -125,6 +125,10 @@ class Storage:
     def size(self, uri: str) -> int:
         return int(self.fs(uri).size(self.strip(uri)))
 
+    def info(self, uri: str) -> dict[str, Any]:
+        """The backend's description of one object (size, mtime or ETag, ...)."""
+        return self.fs(uri).info(self.strip(uri))
+
     # -- reads ---------------------------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
         with self.fs(uri).open(self.strip(uri), "rb") as f:
@@ -141,6 +145,29 @@ class Storage:
 
     def read_parquet(self, uri: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.strip(uri), filesystem=self.arrow_fs(uri), columns=columns)
+
+    def open(self, uri: str, mode: str = "rb"):
+        """A file object for streaming reads (a tar, a large manifest); close it, or use `with`."""
+        return self.fs(uri).open(self.strip(uri), mode)
+
+    def parquet_file(self, uri: str) -> pq.ParquetFile:
+        """A Parquet file opened for its metadata or for reading it batch by batch."""
+        return pq.ParquetFile(self.open(uri))
+
+    def read_schema(self, uri: str) -> pa.Schema:
+        """The Arrow schema of a Parquet file, from its footer: no data pages are read."""
+        return pq.read_schema(self.strip(uri), filesystem=self.arrow_fs(uri))
+
+    def parquet_source(self, uris: list[str]) -> tuple[list[str], pa.fs.FileSystem | None]:
+        """(paths, filesystem) for a reader that takes both, such as `ray.data.read_parquet`.
+
+        Local paths go to Arrow's own filesystem (None); s3:// ones through this Storage's, with
+        the same endpoint and options. All URIs must be on one backend.
+        """
+        if len({is_remote(u) for u in uris}) > 1:
+            raise ValueError(f"files on local disk and on object storage in one read: {uris[:3]}")
+        fs = self.arrow_fs(uris[0]) if uris and is_remote(uris[0]) else None
+        return [self.strip(u) for u in uris], fs
 
     # -- writes --------------------------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> None:

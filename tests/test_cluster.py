@@ -4,7 +4,7 @@ parts agree with each other and with the code.
 Checked here, without a cluster: every job config (also the one inside the ConfigMap) loads
 through the real `Config`; the Ray launcher YAML passes Ray's own schema; Kubernetes manifests have
 the fields their kind requires and only field names KubeRay's v1 API knows; every RayJob runs one
-of the four stage entrypoints from the image; every cluster has room for the actors and Train
+of the stage entrypoints from the image; every cluster has room for the actors and Train
 workers its config asks for; the IAM policy covers every output prefix; each file's header names
 the command that uses it.
 """
@@ -24,12 +24,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from adapt import cli
 from adapt.config import Config, format_errors
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
-STAGES = {"extract", "train", "score", "nightly"}
+STAGES = set(cli.STAGES)  # every stage the command runs has a job entrypoint
 
 YAML_FILES = sorted(CLUSTER.rglob("*.yaml"))
 # Every file an operator runs or applies: its header comment names the command that uses it.
@@ -167,6 +168,13 @@ def assert_fits(
         assert room >= tr.num_workers, (
             f"{where}: train.num_workers={tr.num_workers} Ray Train workers of "
             f"{tr.num_cpus_per_worker} CPUs, but the cluster holds {room}"
+        )
+    if "apply" in stages:
+        ap = config.apply
+        room = slots(nodes, ap.num_cpus_per_worker, 0.0)
+        assert room >= ap.num_workers, (
+            f"{where}: apply.num_workers={ap.num_workers} actors of {ap.num_cpus_per_worker} CPUs, "
+            f"but the cluster holds {room}"
         )
 
 
@@ -461,7 +469,7 @@ def test_runtime_env_uploads_the_code_and_not_the_venv():
         assert not excluded(REPO / path), f"{path} would be left out of the job"
 
 
-def test_submit_script_knows_the_four_stages():
+def test_submit_script_knows_every_stage():
     script = (CLUSTER / "jobs" / "submit.sh").read_text()
     stages = re.search(r'^STAGES="([^"]+)"', script, re.M).group(1).split()
     assert set(stages) == STAGES

@@ -25,7 +25,7 @@ def test_all_errors_reported_at_once_with_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(data=data)
     msg = str(e.value)
-    assert "bogus: unknown key; valid keys here: corpus, encoders" in msg
+    assert "bogus: unknown key; valid keys here: apply, corpus, encoders" in msg
     assert "extract.num_wrokers: unknown key; valid keys here:" in msg and "num_workers" in msg
     assert "extract.batch_size" in msg and "greater than or equal to 1" in msg
     assert "unknown encoder 'clip:nope'" in msg and "open_clip:ARCH" in msg

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from adapt.corpora import CORPORA, get_builder
-from adapt.corpora.common import (
+from adapt.bench.corpora import CORPORA, get_builder
+from adapt.bench.corpora.common import (
     METADATA_KEY,
     ROWS_PER_GROUP,
     CorpusInfo,
@@ -208,7 +208,7 @@ def test_registry_lists_the_builders() -> None:
 
 
 def test_emoji_rows_from_package() -> None:
-    from adapt.corpora.emoji import rows_from_package
+    from adapt.bench.corpora.emoji import rows_from_package
 
     png = io.BytesIO()
     Image.new("RGBA", (2, 2)).save(png, format="PNG")
@@ -243,7 +243,7 @@ def test_emoji_rows_from_package() -> None:
 
 
 def test_tuxpaint_rows_from_stamps(tmp_path: Path) -> None:
-    from adapt.corpora.tuxpaint import english_caption, rows_from_stamps, shrink_image
+    from adapt.bench.corpora.tuxpaint import english_caption, rows_from_stamps, shrink_image
 
     png = io.BytesIO()
     Image.new("RGBA", (600, 300), "blue").save(png, format="PNG")
@@ -272,7 +272,7 @@ def test_tuxpaint_rows_from_stamps(tmp_path: Path) -> None:
 
 
 def test_icd10_rows() -> None:
-    from adapt.corpora.icd10 import chapter_title, load_rows
+    from adapt.bench.corpora.icd10 import chapter_title, load_rows
 
     assert chapter_title("Congenital malformations (Q00-QA0)") == "Congenital malformations"
     rows = load_rows(Skipped())

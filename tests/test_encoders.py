@@ -10,10 +10,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from adapt import encoders, readers
+from adapt import encoders
 from adapt.config import EncoderSpec
 from adapt.encoders import offline
-from adapt.extract import decode_image, embed_batch
+from adapt.extract import readers
+from adapt.extract.core import decode_image, embed_batch
 
 
 def png(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:

@@ -17,8 +17,8 @@ import yaml
 
 from adapt.config import load_config
 from adapt.embeddings import load_embeddings
-from adapt.extract import RejectBudgetExceeded, run_extract
-from adapt.readers import CorpusError
+from adapt.extract.readers import CorpusError
+from adapt.extract.stage import RejectBudgetExceeded, run_extract
 from adapt.storage import Storage, join
 from tests import corpus_fixtures as cf
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapt.heads import (
+from adapt.train.heads import (
     HeadSpec,
     MultiHead,
     ProjectionHead,

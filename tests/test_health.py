@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapt.embeddings import Embeddings
-from adapt.health import embedding_health
+from adapt.nightly.health import embedding_health
 
 
 def make(ids, hashes, x):

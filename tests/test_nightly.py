@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from adapt import layout
 from adapt.config import load_config
-from adapt.nightly import run_nightly, version_root
-from adapt.registry import LeaseHeld, Registry
+from adapt.nightly.champion import LeaseHeld, Registry
+from adapt.nightly.stage import run_nightly
 from adapt.storage import Storage, join
 from tests import corpus_fixtures as cf
 
@@ -92,4 +93,4 @@ def test_two_nights_incremental_then_failure_and_lease(s3_bucket, moto_server, r
     finally:
         lease.release()
     assert len(reg.history()) == 4
-    assert store.exists(join(version_root(output, first.version), "embeddings", "_manifest.json"))
+    assert store.exists(join(layout.version_root(output, first.version), "embeddings", "_manifest.json"))

@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from adapt import report as report_io
+from adapt.score.io import write_report
+from adapt.score.report.markdown import headline, render_markdown
+from adapt.score.report.plots import plot_embedding_2d, plot_scores
+from adapt.score.report.schema import REPORT_SCHEMA, SCHEMA_VERSION, validate_report
 from adapt.storage import Storage
 
 
@@ -90,7 +93,7 @@ def report() -> dict:
         for r, b in (("pca:text", "raw"), ("projected:single", "raw"), ("projected:single", "pca"))
     ]
     return {
-        "schema_version": report_io.SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "run_id": "r1",
         "created_at": "2025-01-01T00:00:00+00:00",
         "adapt_version": "0.1.0",
@@ -105,7 +108,7 @@ def report() -> dict:
             "alpha": 0.05,
             "n_boot": 100,
             "validation_folds": 1,
-            "val_fraction": 0.2,
+            "validation_fraction": 0.2,
             "pca_k": 8,
             "classifiers": clfs,
             "representations": reps,
@@ -145,9 +148,9 @@ def report() -> dict:
 def test_schema_is_valid_json_schema_and_accepts_a_report(report):
     import jsonschema
 
-    jsonschema.Draft202012Validator.check_schema(report_io.REPORT_SCHEMA)
-    json.dumps(report_io.REPORT_SCHEMA)  # documented as plain JSON
-    report_io.validate_report(report)
+    jsonschema.Draft202012Validator.check_schema(REPORT_SCHEMA)
+    json.dumps(REPORT_SCHEMA)  # documented as plain JSON
+    validate_report(report)
 
 
 @pytest.mark.parametrize(
@@ -166,18 +169,18 @@ def test_schema_rejects_broken_reports(report, breakage, where):
     broken = copy.deepcopy(report)
     breakage(broken)
     with pytest.raises(ValueError, match="does not match REPORT_SCHEMA") as e:
-        report_io.validate_report(broken)
+        validate_report(broken)
     assert where in str(e.value) or where == "results"
 
 
 def test_headline_and_markdown(report):
-    text = report_io.headline(report)
+    text = headline(report)
     assert "task label (binary, 2 classes, 40 rows)" in text
     assert "0.800*" in text  # the best representation per classifier is marked
     assert "+0.300 [+0.200, +0.400]" in text
     assert "recommended: projected:single" in text and "never test" in text
     assert all(line == line.rstrip() for line in text.splitlines())
-    md = report_io.render_markdown(report, ["f1_by_representation.png"])
+    md = render_markdown(report, ["f1_by_representation.png"])
     assert "| cart | 0.500 [0.450, 0.550] | 0.550 [0.500, 0.600] | **0.800 [0.750, 0.850]** |" in md
     assert "| cart | `projected:single` | 0.800 | `pca:text` 0.550 |" in md
     assert "| cart | `projected:single` | +0.300 [+0.200, +0.400] (> 0) | `raw:text` |" in md
@@ -195,22 +198,22 @@ def test_markdown_says_what_the_in_fold_searches_chose(report):
                                     "raw:text": {"dims": 8}}}
 
     searched = {**report, "folds": [fold(0, 0.2), fold(1, 0.2), fold("val0", 0.1)]}
-    report_io.validate_report(searched)
-    md = report_io.render_markdown(searched)
+    validate_report(searched)
+    md = render_markdown(searched)
     assert (
         "`projected:single`: temperature=0.2 (2 of 3); temperature=0.1 (1 of 3)." in md
     ), md
 
 
 def test_plots_are_pngs(report):
-    png = report_io.plot_scores(report)
+    png = plot_scores(report)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     rng = np.random.default_rng(0)
     samples = {
         "raw:text": (rng.normal(size=(30, 5)), rng.integers(0, 2, 30)),
         "projected:single": (rng.normal(size=(30, 3)), rng.integers(0, 2, size=(30, 2))),
     }
-    assert report_io.plot_embedding_2d(samples, report["tasks"][0])[:4] == b"\x89PNG"
+    assert plot_embedding_2d(samples, report["tasks"][0])[:4] == b"\x89PNG"
 
 
 class RecordingStorage(Storage):
@@ -225,12 +228,12 @@ class RecordingStorage(Storage):
 
 def test_write_report_validates_and_writes_json_last(tmp_path, report):
     store = RecordingStorage()
-    written = report_io.write_report(store, str(tmp_path / "r1"), report)
+    written = write_report(store, str(tmp_path / "r1"), report)
     assert store.order == ["f1_by_representation.png", "report.md", "report.json"]
     assert [p.rsplit("/", 1)[-1] for p in written] == store.order
     assert json.loads((tmp_path / "r1" / "report.json").read_text()) == report
     bad = copy.deepcopy(report)
     bad.pop("gains")
     with pytest.raises(ValueError, match="gains"):
-        report_io.write_report(store, str(tmp_path / "r2"), bad)
+        write_report(store, str(tmp_path / "r2"), bad)
     assert not (tmp_path / "r2").exists()  # nothing written for an invalid report

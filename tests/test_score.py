@@ -11,12 +11,22 @@ import numpy as np
 import pytest
 import yaml
 
-from adapt import cli, score, scoring
-from adapt import report as report_io
+from adapt import cli
 from adapt.bench import quality
 from adapt.bench.score import synthetic_embeddings, write_embeddings
-from adapt.config import SCORE_CLASSIFIERS, ConfigError, ScoreConfig, load_config
+from adapt.classifiers import CLASSIFIERS
+from adapt.config import ConfigError, ScoreConfig, load_config
+from adapt.labels import build_task
+from adapt.metrics import metrics
+from adapt.score.cells import fit_pca, run_cell, score_cell
+from adapt.score.io import read_predictions
+from adapt.score.plan import make_plan, validation_splits
+from adapt.score.report.schema import validate_report
+from adapt.score.representations import RepData, build_representations, expand_representations
+from adapt.score.stage import run_score
+from adapt.score.summary import _guarded
 from adapt.storage import Storage
+from adapt.train.fit import fit_head
 
 ENCODERS = {"text": "minilm-l6", "image": "efficientnet-lite0"}
 # Small heads that train in a second or two on a few hundred rows (30 epochs of 6 batches); with
@@ -27,7 +37,7 @@ FAST_TRAIN = {
     "epochs": 30,
     "lr": 3e-3,
     "patience": None,
-    "val_fraction": 0.0,
+    "early_stopping_fraction": 0.0,
     "batch_size": 64,
     "search": None,  # tests/test_search.py covers the search; in-fold heads here fit as given
 }
@@ -70,15 +80,11 @@ def corpus(tmp_path_factory, emb):
 # -- configuration ---------------------------------------------------------------------------
 
 
-def test_classifier_names_match_the_registry():
-    assert list(SCORE_CLASSIFIERS) == list(scoring.CLASSIFIERS)
-
-
 def test_default_score_section():
     sc = load_config(data={"corpus": "c", "output": "o", "encoders": ENCODERS}).score
     assert [t.task_name for t in sc.tasks] == ["label"]
     assert sc.representations == ["raw", "pca", "projected"]
-    assert sc.classifiers == list(scoring.CLASSIFIERS)
+    assert sc.classifiers == list(CLASSIFIERS)
 
 
 def test_config_rejects_bad_tasks_all_at_once():
@@ -130,7 +136,7 @@ def test_unknown_classifier_params_fail_before_any_work(tmp_path, corpus):
         data=make_config(corpus, classifier_params={"svc": {"bogus": 1}}, classifiers=["svc"])
     )
     with pytest.raises(ValueError, match="score.classifier_params.svc.*bogus"):
-        score.run_score(config)
+        run_score(config)
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -142,11 +148,11 @@ def task_spec(**kw):
 
 def test_build_task_drops_rare_classes_and_unlabelled_rows():
     columns = {"label": ["a"] * 5 + ["b"] * 5 + ["c"] * 2 + [None]}
-    task = score.build_task(task_spec(), columns, default_min_count=3)
+    task = build_task(task_spec(), columns, default_min_count=3)
     assert task.task_type == "binary" and task.classes == ["a", "b"]
     assert task.rows.tolist() == list(range(10))
     assert task.dropped == {"unlabelled": 1, "classes": {"c": 2}}
-    task = score.build_task(task_spec(min_class_count=1), columns, default_min_count=3)
+    task = build_task(task_spec(min_class_count=1), columns, default_min_count=3)
     assert task.task_type == "multiclass" and task.classes == ["a", "b", "c"]
 
 
@@ -155,35 +161,35 @@ def test_build_task_one_vs_rest_and_multilabel():
         "label": ["a", "b", "c", "a", "b", "c"],
         "label_tags": [["x", "y"], ["x"], [], ["y"], ["x", "z"], ["x"]],
     }
-    task = score.build_task(task_spec(positive="a"), columns, default_min_count=2)
+    task = build_task(task_spec(positive="a"), columns, default_min_count=2)
     assert task.task_type == "binary" and task.name == "label=a"
     assert task.classes == ["not a", "a"] and task.y.tolist() == [1, 0, 0, 1, 0, 0]
     assert task.labels[0] == "a" and task.labels[1] == "not a"
 
-    task = score.build_task(task_spec(label_column="label_tags"), columns, default_min_count=2)
+    task = build_task(task_spec(label_column="label_tags"), columns, default_min_count=2)
     assert task.task_type == "multilabel" and task.classes == ["x", "y"]  # z: one row, dropped
     assert task.y.tolist() == [[1, 1], [1, 0], [0, 0], [0, 1], [1, 0], [1, 0]]
     assert task.labels[4] == ["x"] and task.dropped["classes"] == {"z": 1}
 
-    tags_ovr = score.build_task(task_spec(label_column="label_tags", positive="y"), columns, 2)
+    tags_ovr = build_task(task_spec(label_column="label_tags", positive="y"), columns, 2)
     assert tags_ovr.y.tolist() == [1, 0, 0, 1, 0, 0]
 
 
 def test_build_task_errors_name_the_fix():
     columns = {"label": ["a", "b"] * 5, "split": ["train"] * 10}
     with pytest.raises(ValueError, match=r"no label column 'label_x'.*\['label'\]"):
-        score.build_task(task_spec(label_column="label_x"), columns, 2)
+        build_task(task_spec(label_column="label_x"), columns, 2)
     with pytest.raises(ValueError, match="positive class 'q' is in no row.*'a', 'b'"):
-        score.build_task(task_spec(positive="q"), columns, 2)
+        build_task(task_spec(positive="q"), columns, 2)
     with pytest.raises(ValueError, match="fewer than 2 classes"):
-        score.build_task(task_spec(min_class_count=6), columns, 2)
+        build_task(task_spec(min_class_count=6), columns, 2)
     with pytest.raises(ValueError, match="use type multilabel"):
-        score.build_task(task_spec(type="multiclass"), {"label": [["a"], ["b"]] * 3}, 2)
+        build_task(task_spec(type="multiclass"), {"label": [["a"], ["b"]] * 3}, 2)
 
 
 def test_expand_representations():
     mods = ["image", "text"]
-    assert score.expand_representations(["raw", "pca:text", "projected"], mods, ["h1"]) == [
+    assert expand_representations(["raw", "pca:text", "projected"], mods, ["h1"]) == [
         "raw:image",
         "raw:text",
         "raw:concat",
@@ -192,12 +198,12 @@ def test_expand_representations():
         "projected:per_modality",
         "head:h1",
     ]
-    assert score.expand_representations(["raw", "projected"], ["text"]) == [
+    assert expand_representations(["raw", "projected"], ["text"]) == [
         "raw:text",
         "projected:single",
     ]
     with pytest.raises(ValueError, match="no modality 'audio'"):
-        score.expand_representations(["raw:audio"], mods)
+        expand_representations(["raw:audio"], mods)
 
 
 # -- folds and leakage -----------------------------------------------------------------------
@@ -212,7 +218,7 @@ def test_folds_partition_rows_and_validation_never_touches_test(emb):
             tasks=[{"label_column": "label"}, {"label_column": "label_tags"}],
         )
     )
-    plan = score.make_plan(config, emb)
+    plan = make_plan(config, emb)
     for task in plan.tasks:
         folds = plan.folds[task.name]
         outer = [f for f in folds if f.kind == "test"]
@@ -235,7 +241,7 @@ def test_folds_partition_rows_and_validation_never_touches_test(emb):
             tasks=[{"label_column": "label"}, {"label_column": "label_tags"}],
         )
     )
-    for t, folds in score.make_plan(other, emb).folds.items():
+    for t, folds in make_plan(other, emb).folds.items():
         for a, b in zip(folds, plan.folds[t], strict=True):
             assert (a.train == b.train).all() and (a.test == b.test).all()
 
@@ -244,12 +250,12 @@ def test_fitted_representations_never_see_test_rows(emb):
     """Replacing the test rows' embeddings by garbage changes nothing fitted on the training
     rows: the PCA, the concatenation's scales and the in-fold head."""
     config = load_config(data=make_config("o", TINY_TRAIN, n_folds=3))
-    plan = score.make_plan(config, emb)
+    plan = make_plan(config, emb)
     fold = plan.folds["label"][0]
     reps = ["raw:concat", "pca:text", "pca:concat", "projected:single"]
 
     def build(features):
-        built, info = score.build_representations(
+        built, info = build_representations(
             features, dict(features), fold, reps, plan.train_cfg, plan.pca_k, 0, plan.ids
         )
         return {r.name: r for r in built}, info
@@ -267,12 +273,12 @@ def test_fitted_representations_never_see_test_rows(emb):
         assert not np.allclose(clean[name].test, dirty[name].test)
     # The PCA is the one fitted on the training rows alone, with k = the head's output size.
     x_train = emb.features["text"][fold.rows_train]
-    pca, pinfo = scoring.fit_pca(x_train, plan.pca_k, 0)
+    pca, pinfo = fit_pca(x_train, plan.pca_k, 0)
     assert pinfo["k"] == plan.pca_k == TINY_TRAIN["out_dim"]
     np.testing.assert_allclose(
         clean["pca:text"].train, pca.transform(x_train), rtol=1e-4, atol=1e-4
     )
-    everything, _ = scoring.fit_pca(emb.features["text"], plan.pca_k, 0)
+    everything, _ = fit_pca(emb.features["text"], plan.pca_k, 0)
     assert not np.allclose(np.abs(everything.components_), np.abs(pca.components_), atol=1e-3)
 
 
@@ -286,11 +292,11 @@ def test_in_fold_search_reads_the_folds_training_rows_only(emb):
                    "min_rows": 20},
     }
     config = load_config(data=make_config("o", searched, n_folds=3))
-    plan = score.make_plan(config, emb)
+    plan = make_plan(config, emb)
     fold = plan.folds["label"][0]
 
     def selection(features):
-        built, info = score.build_representations(
+        built, info = build_representations(
             features, dict(features), fold, ["projected:single"], plan.train_cfg, plan.pca_k, 0,
             plan.ids,
         )
@@ -314,20 +320,20 @@ def test_seed_dependent_classifiers_average_several_fits(emb):
     """An MLP cell is fitted once per seed; its row and its predictions are those of the fits,
     and a deterministic classifier is fitted once."""
     config = load_config(data=make_config("o", n_folds=2, classifier_seeds=3, seed=4))
-    plan = score.make_plan(config, emb)
+    plan = make_plan(config, emb)
     fold = plan.folds["label"][1]
     assert plan.cell_seeds(fold, "mlp") == [5, 1005, 2005]
     assert plan.cell_seeds(fold, "logreg") == [5]
-    (raw,), _ = score.build_representations(
+    (raw,), _ = build_representations(
         emb.features, dict(emb.features), fold, ["raw:text"], plan.train_cfg, 8, 0, plan.ids
     )
     classes = ["c0", "c1", "c2", "c3"]
     args = (raw, fold, "multiclass", classes)
-    row, y_pred = score.run_cell(*args, "mlp", None, plan.cell_seeds(fold, "mlp"))
+    row, y_pred = run_cell(*args, "mlp", None, plan.cell_seeds(fold, "mlp"))
     assert y_pred.shape == (3, len(fold.test)) and row["seeds"] == [5, 1005, 2005]
     x_train, x_test = raw.matrices(fold)
     alone = [
-        scoring.score_cell(x_train, fold.y_train, x_test, fold.y_test, "mlp", "multiclass",
+        score_cell(x_train, fold.y_train, x_test, fold.y_test, "mlp", "multiclass",
                            classes, s, keep_predictions=True)
         for s in row["seeds"]
     ]
@@ -340,15 +346,15 @@ def test_seed_dependent_classifiers_average_several_fits(emb):
             np.mean([a["per_class_f1"][c] for a in alone])
         )
     np.testing.assert_array_equal(y_pred, np.stack([a["y_pred"] for a in alone]))
-    row, y_pred = score.run_cell(*args, "logreg", None, plan.cell_seeds(fold, "logreg"))
+    row, y_pred = run_cell(*args, "logreg", None, plan.cell_seeds(fold, "logreg"))
     assert y_pred.shape == (1, len(fold.test)) and "seeds" not in row
 
 
 def test_failed_representation_becomes_failed_rows_not_a_crash(emb):
     config = load_config(data=make_config("o", n_folds=2))
-    fold = score.make_plan(config, emb).folds["label"][0]
-    row, y_pred = score.run_cell(
-        score.RepData("pca:text", error="ValueError: boom"),
+    fold = make_plan(config, emb).folds["label"][0]
+    row, y_pred = run_cell(
+        RepData("pca:text", error="ValueError: boom"),
         fold,
         "multiclass",
         ["c0", "c1", "c2", "c3"],
@@ -380,9 +386,9 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
             predictions=True,
         )
     )
-    result = score.run_score(config)
+    result = run_score(config)
     report = json.loads((tmp_path / "out" / "reports" / "ml" / "report.json").read_text())
-    report_io.validate_report(report)
+    validate_report(report)
     assert [t["type"] for t in report["tasks"]] == ["multilabel", "binary"]
     rows = [r for r in report["results"] if r["task"] == "label_tags" and r["fold"] != "mean"]
     assert len(rows) == 3 * 2 * 2 and all(r["status"] == "ok" for r in rows)
@@ -408,7 +414,7 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
     assert {r["fold"] for r in report["validation"]} == {"val0", "val0.1", "val0.2", "mean"}
     assert "3 inner validation split(s)" in rec["basis"] and "(120 rows pooled)" in rec["basis"]
     # predictions.npz holds every cell's predictions with its fold's rows, validation included.
-    saved = score.read_predictions(Storage(), result.report_dir)
+    saved = read_predictions(Storage(), result.report_dir)
     held = [saved["ids"][("label_tags", f)] for f in ("val0", "val0.1", "val0.2")]
     assert len(set(np.concatenate(held))) == 120
     assert not set(np.concatenate(held)) & set(saved["ids"][("label_tags", 0)])
@@ -428,17 +434,16 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
                 and g["classifier"] == "knn" and g["baseline"] == "raw")
     assert gain["baseline_representation"] == "raw:text"
     assert gain["baseline_score"] == pytest.approx(
-        scoring.metrics(truth, pooled[0], None, "multilabel", classes)["macro_f1"]
+        metrics(truth, pooled[0], None, "multilabel", classes)["macro_f1"]
     )
 
 
 def test_head_given_by_uri_is_scored_and_flagged(tmp_path, corpus, emb):
-    from adapt import trainer
-    from adapt.artifact import save_head
     from adapt.config import TrainConfig
+    from adapt.train.artifact import save_head
 
     store = Storage()
-    fit = trainer.fit_head(emb.features, emb.columns["label"], TrainConfig(**TINY_TRAIN), seed=0)
+    fit = fit_head(emb.features, emb.columns["label"], TrainConfig(**TINY_TRAIN), seed=0)
     head_uri = str(tmp_path / "heads" / "given")
     save_head(store, head_uri, fit, {"run_id": "given"})
     out = output_over(corpus, tmp_path)
@@ -455,7 +460,7 @@ def test_head_given_by_uri_is_scored_and_flagged(tmp_path, corpus, emb):
             plots=False,
         )
     )
-    result = score.run_score(config)
+    result = run_score(config)
     assert result.report["protocol"]["representations"] == ["raw:text", "head:given"]
     assert result.report["heads"][0]["uri"] == head_uri
     assert "test rows" in result.report["heads"][0]["note"]
@@ -501,7 +506,7 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
         max(p.stat().st_mtime_ns for p in files.values()) == files["report.json"].stat().st_mtime_ns
     )
     report = json.loads(files["report.json"].read_text())
-    report_io.validate_report(report)
+    validate_report(report)
     md = files["report.md"].read_text()
     assert "### macro_f1 by representation and classifier" in md
     assert "### Gains over raw and over PCA" in md and "Recommended" in md
@@ -581,7 +586,7 @@ def test_failing_cells_are_reported_not_fatal(tmp_path, corpus):
             classifier_params={"logreg": {"max_iter": -1}},  # accepted when built, fails at fit
         )
     )
-    result = score.run_score(config)
+    result = run_score(config)
     assert result.failed_cells == 2
     means = {r["classifier"]: r for r in result.report["results"] if r["fold"] == "mean"}
     assert means["logreg"]["status"] == "error" and means["logreg"]["macro_f1"] is None
@@ -603,17 +608,17 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
         return f
 
     # An interval reaching zero: the best raw one stays.
-    pick, note = score._guarded(scores, gain(-0.01))
+    pick, note = _guarded(scores, gain(-0.01))
     assert pick == "raw:concat" and note["kept_raw"] and note["best_on_validation"] == "projected:single"
     assert seen == [("raw:concat", "projected:single")]  # compared against the best raw one
     # A clear gain: the learned one.
-    pick, note = score._guarded(scores, gain(0.005))
+    pick, note = _guarded(scores, gain(0.005))
     assert pick == "projected:single" and "kept_raw" not in note
     # Raw best on validation, or nothing to compare with: no test needed.
-    assert score._guarded({"raw:text": 0.8, "pca:text": 0.7}, gain(-1))[0] == "raw:text"
-    assert score._guarded({"pca:text": 0.8, "projected:single": 0.7}, gain(-1))[0] == "pca:text"
+    assert _guarded({"raw:text": 0.8, "pca:text": 0.7}, gain(-1))[0] == "raw:text"
+    assert _guarded({"pca:text": 0.8, "projected:single": 0.7}, gain(-1))[0] == "pca:text"
     # No validation predictions to test on: the best one, as before.
-    assert score._guarded(scores, lambda b, r: None)[0] == "projected:single"
+    assert _guarded(scores, lambda b, r: None)[0] == "projected:single"
 
 
 
@@ -621,8 +626,8 @@ def test_validation_splits_grow_until_enough_rows_are_held_out():
     def sc(rows):
         return ScoreConfig(validation_rows=rows)
 
-    assert score.validation_splits([105, 105, 105], 5, sc(1000)) == 4  # a small task: 4 x 315
-    assert score.validation_splits([533, 533, 533], 5, sc(1000)) == 1  # enough in one split
-    assert score.validation_splits([40], 5, sc(10_000)) == 5  # every training row, once
-    assert score.validation_splits([105, 105, 105], 5, sc(0)) == 1
-    assert score.validation_splits([], 5, sc(1000)) == 1
+    assert validation_splits([105, 105, 105], 5, sc(1000)) == 4  # a small task: 4 x 315
+    assert validation_splits([533, 533, 533], 5, sc(1000)) == 1  # enough in one split
+    assert validation_splits([40], 5, sc(10_000)) == 5  # every training row, once
+    assert validation_splits([105, 105, 105], 5, sc(0)) == 1
+    assert validation_splits([], 5, sc(1000)) == 1

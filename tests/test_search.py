@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from adapt import search
 from adapt.config import SearchConfig, TrainConfig
+from adapt.train import search
+from adapt.train.workers import run_tune
 from tests.synthetic import buried_signal
 
 DIMS = {"text": 32, "image": 24}
@@ -129,21 +130,20 @@ def test_fit_selected_fits_all_rows_with_the_choice_and_skips_when_it_should(tas
 
 def test_a_failing_trial_is_recorded_and_the_others_still_decide(task, monkeypatch):
     features, labels = task
-    from adapt import trainer
 
-    original = trainer.fit_head
+    original = search.fit_head
 
     def fit_head(inputs, labels, cfg, *args, **kwargs):
         if cfg.lr == 1e-7:
             raise RuntimeError("out of memory")
         return original(inputs, labels, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "fit_head", fit_head)
+    monkeypatch.setattr(search, "fit_head", fit_head)
     selection = search.select(features, labels, TrainConfig(**FAST, search=LR_GRID))
     failed, ok = selection.trials
     assert failed.score is None and "out of memory" in failed.error
     assert selection.overrides == {"lr": 1e-2} and ok.score is not None
-    monkeypatch.setattr(trainer, "fit_head", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(search, "fit_head", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("disk full")))
     with pytest.raises(RuntimeError, match="every search trial failed.*disk full"):
         search.select(features, labels, TrainConfig(**FAST, search=LR_GRID))
@@ -154,7 +154,7 @@ def test_ray_tune_runs_the_same_trials_as_the_local_runner(task, ray_local):
     cfg = TrainConfig(**FAST, search=LR_GRID)
     ids = [f"r{i}" for i in range(400)]
     local = search.select(features, labels, cfg, ids=ids)
-    tuned = search.select(features, labels, cfg, ids=ids, runner=search.run_tune(0.5))
+    tuned = search.select(features, labels, cfg, ids=ids, runner=run_tune(0.5))
     assert tuned.overrides == local.overrides == {"lr": 1e-2}
     for a, b in zip(local.trials, tuned.trials, strict=True):
         assert a.overrides == b.overrides

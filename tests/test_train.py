@@ -20,25 +20,17 @@ import pytest
 import torch
 import yaml
 
-from adapt.artifact import (
-    CARD_FILE,
-    PROJECTED,
-    apply_head,
-    load_head,
-    save_head,
-)
+from adapt import layout, schema
+from adapt.apply.stage import apply_head
 from adapt.config import load_config
 from adapt.embeddings import load_embeddings
+from adapt.layout import CARD_FILE
 from adapt.storage import Storage, join
-from adapt.train import (
-    CHECKPOINT_POINTER,
-    _search_rows,
-    checkpoint_root,
-    plan_run,
-    run_train,
-    search_path,
-)
-from adapt.trainer import fit_head, project
+from adapt.train.artifact import load_head, save_head
+from adapt.train.fit import fit_head, project
+from adapt.train.io import search_rows
+from adapt.train.plan import plan_run
+from adapt.train.stage import run_train
 from tests.synthetic import buried_signal, knn_accuracy, write_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +134,7 @@ def test_local_search_chooses_settings_and_a_rerun_reuses_the_choice(tmp_path):
     assert "search: 2 trials" in result.describe() and "chose {'lr': 0.01}" in result.describe()
     # The choice is kept beside the run's checkpoints: a run that stopped after the search fits
     # what was chosen then, without searching again (here: a choice edited to tell them apart).
-    saved = search_path(out, result.run_id)
+    saved = layout.search_choice(out, result.run_id)
     choice = store.read_json(saved)
     store.write_json(saved, {**choice, "overrides": {"lr": 1e-7}})
     store.delete(result.head, recursive=True)
@@ -158,7 +150,7 @@ def test_search_reads_only_its_sample_of_the_training_rows(tmp_path):
     features, labels, _ = write_task(store, out)
     config = make_config(out, search={**LR_SEARCH, "max_rows": 101})
     plan = plan_run(config, store)
-    inputs, got_labels, ids = _search_rows(store, plan, config.train)
+    inputs, got_labels, ids = search_rows(store, plan, config.train)
     # At most max_rows (per-class rounding may leave one or two fewer), stratified by class.
     assert 98 <= len(ids) <= 101 and ids == sorted(ids) and set(ids) <= set(plan.train_ids)
     assert all(24 <= n <= 26 for n in Counter(got_labels).values()), Counter(got_labels)
@@ -246,7 +238,7 @@ def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
     card = store.read_json(join(head, CARD_FILE))
     assert card["n_train"] + card["n_val"] == 420 and card["resumed_from"] == []
     assert card["timings"]["startup_s"] > 0
-    pointer = store.read_json(join(checkpoint_root(out, "two-workers"), CHECKPOINT_POINTER))
+    pointer = store.read_json(layout.checkpoint_pointer(layout.checkpoints_dir(out, "two-workers")))
     assert pointer["epoch"] == card["epochs_run"]  # the final checkpoint
     raw, projected = raw_and_projected_knn(store, out, head)
     assert projected > raw + 0.3, (raw, projected)
@@ -264,7 +256,7 @@ def test_search_runs_as_ray_tune_trials_before_ray_train(ray_local, tmp_path):
     card = store.read_json(result.card)
     assert card["search"]["overrides"] == {"lr": 1e-2} and card["train"]["lr"] == 1e-2
     assert [t["error"] for t in card["search"]["trials"]] == [None, None]
-    assert store.exists(search_path(out, result.run_id))
+    assert store.exists(layout.search_choice(out, result.run_id))
     raw, projected = raw_and_projected_knn(store, out, result.head)
     assert projected > raw + 0.3, (raw, projected)
 
@@ -281,10 +273,10 @@ def test_apply_writes_one_projected_file_per_embeddings_file(ray_local, tmp_path
     files = sorted(p.name for p in Path(dest).glob("*.parquet"))
     assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     table = store.read_parquet(join(dest, files[0]))
-    assert {"id", "label", "split", PROJECTED} <= set(table.column_names)
+    assert {"id", "label", "split", schema.PROJECTED_EMBEDDING} <= set(table.column_names)
     emb = store.read_parquet(join(out, "embeddings", files[0]))
     expected = load_head(result.head)(emb)
-    got = np.stack(table.column(PROJECTED).to_numpy(zero_copy_only=False))
+    got = np.stack(table.column(schema.PROJECTED_EMBEDDING).to_numpy(zero_copy_only=False))
     assert np.allclose(got, expected, atol=1e-6)
     assert store.read_json(join(dest, "_manifest.json"))["complete"]
     assert apply_head(store, result.head, out, dest).skipped_files == 3  # re-run: nothing to do
@@ -353,7 +345,7 @@ def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local,
             max_failures=1,
         ),
     )
-    pointer = Path(checkpoint_root(out, run_id)) / CHECKPOINT_POINTER
+    pointer = Path(layout.checkpoint_pointer(layout.checkpoints_dir(out, run_id)))
     card_path = Path(out) / "heads" / run_id / CARD_FILE
 
     log = tmp_path / "first.log"

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from adapt.bench import save_report
 from adapt.config import load_config
-from adapt.extract import decode_image, run_extract
+from adapt.extract.core import decode_image
+from adapt.extract.stage import run_extract
 from adapt.storage import Storage
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo", "emoji")

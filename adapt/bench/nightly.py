@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from adapt.bench import save_report
 from adapt.config import load_config
-from adapt.nightly import run_nightly
+from adapt.nightly.stage import run_nightly
 from adapt.storage import Storage
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo", "emoji")

@@ -29,9 +29,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from adapt.config import load_config
+from adapt.config import ScoreConfig, load_config
+from adapt.score.io import read_predictions
+from adapt.score.summary import Pool, recommend
 from adapt.storage import Storage
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "emoji"
@@ -118,11 +119,11 @@ def build_corpus(name: str, root: Path, icd10_rows: int) -> str:
     out = root / "corpora" / name
     if not (out / "part-00000.parquet").exists():
         if name == "icd10":
-            from adapt.corpora import icd10
+            from adapt.bench.corpora import icd10
 
             icd10.build(out, max_rows=icd10_rows)
         else:
-            from adapt.corpora import tuxpaint
+            from adapt.bench.corpora import tuxpaint
 
             tuxpaint.build(out)
     return str(out)
@@ -141,8 +142,8 @@ def run_corpus(
     train: dict | None = None, run_id: str = "quality", seed: int = 0,
     text_encoder: str | None = None,
 ) -> dict:
-    from adapt.extract import run_extract
-    from adapt.score import run_score
+    from adapt.extract.stage import run_extract
+    from adapt.score.stage import run_score
 
     score = {"tasks": TASKS[name], "n_folds": folds, "run_id": run_id, "plots": True, "seed": seed,
              "representations": REPRESENTATIONS[name], "classifier_params": CLASSIFIER_PARAMS,
@@ -173,29 +174,17 @@ def run_corpus(
             "report_dir": scored.report_dir}
 
 
-def _saved_folds(saved: dict, task: str, kind: str) -> list:
-    """A task's outer ("test") or "validation" folds as `read_predictions` gives them back, in
-    the run's order, with what the score stage's pooling reads of a fold."""
-    outer = kind == "test"
-    return [SimpleNamespace(kind=kind, label=f, y_test=y) for (name, f), y in saved["y"].items()
-            if name == task and isinstance(f, int) == outer]
-
-
 def recommend_again(report: dict, report_dir: str) -> dict:
-    """A finished run's recommendation derived again by the current `score.recommend`, from the
+    """A finished run's recommendation derived again by the current `recommend`, from the
     run's validation cells and saved validation predictions: a change of the rule, judged on the
     very cells the run scored."""
-    from adapt import score
-    from adapt.config import ScoreConfig
-
     sc = ScoreConfig(**report["config"]["score"])
-    saved = score.read_predictions(Storage(), report_dir)
-    tasks = [SimpleNamespace(name=t["name"]) for t in report["tasks"]]
-    folds = {t.name: _saved_folds(saved, t.name, "validation") for t in tasks}
+    saved = read_predictions(Storage(), report_dir)
+    tasks = [t["name"] for t in report["tasks"]]
+    pools = {name: Pool.from_saved(saved, name, "validation") for name in tasks}
     means = [r for r in report["validation"] if r["fold"] == "mean"]
     protocol = report["protocol"]
-    return score.recommend(tasks, means, protocol["representations"], protocol["classifiers"],
-                           sc, folds, saved["pred"])
+    return recommend(tasks, means, protocol["representations"], protocol["classifiers"], sc, pools)
 
 
 def table(results: list[dict], metric: str = "macro_f1") -> str:
@@ -222,11 +211,7 @@ def _means(rows: list[dict], metric: str = "macro_f1") -> dict[tuple, float]:
 
 def _cell_interval(saved: dict, task: str, clf: str, base: str, rep: str) -> dict:
     """Paired 95% interval of rep - base for one classifier, pooled over the outer folds."""
-    from adapt.score import _pooled_gain
-
-    sc = SimpleNamespace(metric="macro_f1", n_boot=2000, alpha=0.05, seed=0)
-    gain = _pooled_gain(SimpleNamespace(name=task), _saved_folds(saved, task, "test"),
-                        saved["pred"], [clf], sc, base, rep)
+    gain = Pool.from_saved(saved, task, "test").gain(base, rep, [clf], ScoreConfig(n_boot=2000))
     return {k: gain[k] for k in ("mean", "lo", "hi")}
 
 
@@ -240,8 +225,6 @@ def check_bar(results: list[dict]) -> dict:
         report = r["report"]
         saved = None
         if r.get("report_dir") and (Path(r["report_dir"]) / "predictions.npz").exists():
-            from adapt.score import read_predictions
-
             saved = read_predictions(Storage(), r["report_dir"])
         metric = report["protocol"]["metric"]
         means = _means(report["results"], metric)

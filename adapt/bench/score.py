@@ -145,7 +145,7 @@ def _config(output: str, args: argparse.Namespace, num_cpus: int) -> dict:
         "output": output,
         "encoders": {"text": "minilm-l6", "image": "efficientnet-lite0"},
         "ray": {"num_cpus": num_cpus, "object_store_memory_mb": args.object_store_mb},
-        "train": {"epochs": args.epochs, "patience": None, "val_fraction": 0.0},
+        "train": {"epochs": args.epochs, "patience": None, "early_stopping_fraction": 0.0},
         "score": {
             "tasks": TASKS[: args.tasks],
             "representations": REPRESENTATIONS,
@@ -179,7 +179,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     from adapt.config import load_config
     from adapt.rayutil import init_ray
-    from adapt.score import run_score
+    from adapt.score.stage import run_score
 
     logging.basicConfig(level=logging.WARNING)
     data = _config(args.output, args, args.num_cpus)

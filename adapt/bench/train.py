@@ -2,7 +2,7 @@
 
     python -m adapt.bench.train [--rows 100000] [--threads 1] [--out bench-train.json]
 
-The paper's protocol (PAPER.md): per-modality heads of the "paper" preset (hidden 16, 128 outputs),
+The paper's protocol (arXiv 2502.02048, as the authors' code runs it): per-modality heads of the "paper" preset (hidden 16, 128 outputs),
 pairwise BCE at T = 0.1, Adam lr 1e-3, batch 128, 10 epochs, 80 % of the rows to train and 20 % for
 a validation loss each epoch; here on synthetic rows of 768 + 384 dimensions, 10 classes.
 
@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from adapt.bench import save_report
     from adapt.config import load_config
-    from adapt.train import plan_run, run_train
-    from adapt.trainer import fit_head
+    from adapt.train.fit import fit_head
+    from adapt.train.plan import plan_run
+    from adapt.train.stage import run_train
 
     torch.set_num_threads(args.threads)
     dims = {k: int(v) for k, v in (kv.split("=") for kv in args.dims.split(","))}

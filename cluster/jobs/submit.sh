@@ -8,6 +8,7 @@
 #   ray job submit --address http://127.0.0.1:8265 --runtime-env cluster/runtime_env.yaml \
 #     --submission-id adapt-extract-20250101T000000Z -- python jobs/extract.py --config cluster/configs/s3-clip.yaml
 #   ray job submit ... -- python jobs/train.py --config cluster/configs/s3-clip.yaml
+#   ray job submit ... -- python jobs/apply.py --config cluster/configs/s3-clip.yaml
 #   ray job submit ... -- python jobs/score.py --config cluster/configs/s3-clip.yaml
 #   ray job submit ... -- python jobs/nightly.py --config cluster/configs/s3-clip.yaml
 #
@@ -16,7 +17,7 @@
 # extract skips committed shards, train resumes its run from the last checkpoint.
 set -euo pipefail
 
-STAGES="extract train score nightly"
+STAGES="extract train apply score nightly"
 usage() { echo "usage: $0 STAGE CONFIG [--set KEY=VALUE ...]   (STAGE: ${STAGES// /, })" >&2; exit 2; }
 
 [ $# -ge 2 ] || usage

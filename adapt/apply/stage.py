@@ -1,0 +1,120 @@
+"""The apply stage: a trained head over every committed embeddings file, manifest last.
+
+    adapt apply --config FILE        (jobs/apply.py for `ray job submit`)
+
+One output Parquet file per embeddings file (id, labels, split and `projected_embedding`), written
+whole by an actor that loads the head once (`adapt.apply.workers`), so an existing file is
+complete and a re-run skips it; `{output}/projected/<run-id>/_manifest.json` comes last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from adapt import layout, schema
+from adapt.apply.workers import ApplyWorker
+from adapt.config import Config
+from adapt.embeddings import embedding_files, read_manifest
+from adapt.rayutil import init_ray
+from adapt.storage import Storage, basename
+from adapt.train.artifact import load_head, resolve_head_uri
+
+
+@dataclass
+class ApplyResult:
+    dest: str
+    manifest: str
+    run_id: str
+    files: int
+    skipped_files: int
+    rows: int
+    out_dim: int
+    wall_s: float
+
+    def describe(self) -> str:
+        return (
+            f"apply: head {self.run_id} over {self.files} embeddings files "
+            f"({self.skipped_files} already done), {self.rows} rows, {self.out_dim}-d, "
+            f"in {self.wall_s:.1f} s\n"
+            f"  projected: {self.dest}\n"
+            f"  manifest:  {self.manifest}"
+        )
+
+
+def apply_head(
+    store: Storage,
+    head_uri: str,
+    embeddings_output: str,
+    dest: str,
+    num_cpus: float = 1.0,
+    num_workers: int = 1,
+) -> ApplyResult:
+    """Project every committed embeddings file under `embeddings_output` into `dest`.
+
+    One output Parquet file per input file, written whole (so an existing one is complete and is
+    skipped on re-run), then `{dest}/_manifest.json` last.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    run = resolve_head_uri(store, head_uri)
+    applied = load_head(run, store)
+    manifest = read_manifest(store, embeddings_output)
+    files = embedding_files(manifest)
+    todo = [f for f in files if not store.exists(layout.projected_file(dest, f))]
+    if todo:
+        ds = ray.data.from_items([{"file": f} for f in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            ApplyWorker,
+            fn_constructor_kwargs={"store": store, "head_uri": run, "dest": dest},
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            num_cpus=num_cpus,
+        )
+        ds.materialize()
+    records = []
+    for f in files:
+        dst = layout.projected_file(dest, f)
+        meta = store.read_parquet(dst, columns=[schema.ID])
+        records.append({"file": f, "projected_file": dst, "rows": meta.num_rows})
+    uri = layout.projected_manifest(dest)
+    store.write_json(
+        uri,
+        {
+            "complete": True,
+            "head": run,
+            "run_id": applied.card.get("run_id"),
+            "out_dim": applied.out_dim,
+            "column": schema.PROJECTED_EMBEDDING,
+            "files": records,
+            "rows": sum(r["rows"] for r in records),
+            "embeddings": layout.embeddings_dir(embeddings_output),
+            "written_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    return ApplyResult(
+        dest,
+        uri,
+        applied.card.get("run_id", basename(run)),
+        len(files),
+        len(files) - len(todo),
+        sum(r["rows"] for r in records),
+        applied.out_dim,
+        time.perf_counter() - t0,
+    )
+
+
+def main(config: Config) -> ApplyResult:
+    """The stage as the CLI and jobs/apply.py run it: `apply.head` (default: train.run_id's head,
+    else the latest) over the run's embeddings."""
+    store = Storage(config.storage)
+    ac = config.apply
+    run_id = config.train.run_id
+    head_uri = ac.head or (layout.head_dir(config.output, run_id) if run_id else config.output)
+    run = resolve_head_uri(store, head_uri)
+    dest = layout.projected_dir(config.output, basename(run))
+    init_ray(config.ray)
+    return apply_head(store, run, config.output, dest, ac.num_cpus_per_worker, ac.num_workers)

@@ -1,0 +1,192 @@
+"""Extract stage storage: staged pieces, per-shard commits, the manifest.
+
+A wave's batches are written to staging as pieces, split by input shard. A shard commits by
+merging its pieces into its output files and then writing its commit record (the shard is done
+once the record exists); the manifest, written last over every record, completes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adapt import layout, schema
+from adapt.config import Config
+from adapt.extract import readers
+from adapt.extract.workers import META
+from adapt.storage import Storage
+
+LINEAGE_KEY = b"adapt.lineage"
+
+
+def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.Table:
+    """Write one embedded batch to staging, split by input shard; return a summary row per piece."""
+    summary = defaultdict(list)
+    t0 = time.perf_counter()
+    metas = [json.loads(m) for m in table.column(META).to_pylist() if m]
+    fingerprints = json.dumps(json.loads(metas[0]["fingerprints"]) if metas else {})
+    timings: dict[str, float] = defaultdict(float)
+    for m in metas:
+        for k, v in m["timings"].items():
+            timings[k] += v
+    table = table.drop_columns([META])
+    for key in sorted(set(table.column(readers.SHARD).to_pylist())):
+        part = table.filter(pc.equal(table.column(readers.SHARD), key))
+        uri = layout.staged_piece(output, wave, key, uuid.uuid4().hex)
+        store.write_parquet(uri, schema.storable(part.drop_columns([readers.SHARD])))
+        summary["shard"].append(key)
+        summary["piece"].append(uri)
+        summary["rows"].append(part.num_rows)
+        summary["fingerprints"].append(fingerprints)
+    timings["write_s"] += time.perf_counter() - t0
+    # Batch timings ride on the first piece's row only, so they add up once.
+    summary["timings"] = [json.dumps(timings)] + [None] * (len(summary["shard"]) - 1)
+    return pa.table(dict(summary), schema=pa.schema([
+        ("shard", pa.string()), ("piece", pa.string()), ("rows", pa.int64()),
+        ("fingerprints", pa.string()), ("timings", pa.string())]))
+
+
+def _variable_lists(table: pa.Table) -> pa.Table:
+    """Embedding columns as variable-size lists, so pieces stored either way concatenate."""
+    for i, f in enumerate(table.schema):
+        if f.name.endswith("_embedding") and pa.types.is_fixed_size_list(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.float32())))
+    return table
+
+
+def _fixed_lists(table: pa.Table, fingerprints: dict) -> pa.Table:
+    """Embedding columns back to fixed-size lists of each modality's dimension."""
+    for modality, fp in fingerprints.items():
+        name = schema.embedding_column(modality)
+        if name in table.column_names:
+            dim = int(fp["dim"])
+            column = table.column(name).combine_chunks()
+            if column.null_count:
+                # A null entry holds no values: give it zeros, then mask it null again.
+                zeros = pa.scalar([0.0] * dim, pa.list_(pa.float32()))
+                values = pc.fill_null(column, zeros).flatten()
+                fsl = pa.FixedSizeListArray.from_arrays(values, dim, mask=column.is_null())
+            else:
+                fsl = column.cast(pa.list_(pa.float32(), dim))
+            table = table.set_column(table.column_names.index(name), name, fsl)
+    return table
+
+
+def _copy_reused(rows: pa.Table, previous: pa.Table | None, modalities: list[str]) -> pa.Table:
+    """Fill the embeddings of unchanged rows from the shard's previous output (matched by id)."""
+    if previous is None or rows.num_rows == 0:
+        raise RuntimeError("rows were marked reusable but the previous output is gone; re-run")
+    position = {i: k for k, i in enumerate(previous.column(schema.ID).to_pylist())}
+    take = pa.array([position[i] for i in rows.column(schema.ID).to_pylist()], pa.int64())
+    for modality in modalities:
+        name = schema.embedding_column(modality)
+        if name in rows.column_names:
+            rows = rows.set_column(rows.column_names.index(name), name,
+                                   previous.column(name).take(take))
+    return rows
+
+
+def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list[str],
+                 expected_rows: int, fingerprints: dict, lineage: dict, signature: dict) -> dict:
+    """Merge a shard's staged pieces into its output files, then write its commit record."""
+    emb_uri = layout.embeddings_file(output, shard.key)
+    rej_uri = layout.rejects_file(output, shard.key)
+    tables = [_variable_lists(store.read_parquet(p)) for p in sorted(pieces)]
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    total = table.num_rows if table is not None else 0
+    if total != expected_rows:
+        raise RuntimeError(
+            f"shard {shard.key}: {total} rows came through the pipeline but the input has "
+            f"{expected_rows}; nothing was committed for it, re-run to redo it"
+        )
+    record = {
+        "shard": shard.key, "source": shard.uri, "source_signature": signature,
+        "encoders_id": lineage["encoders_id"], "input_rows": expected_rows, "embedded": 0,
+        "newly_embedded": 0, "reused": 0, "rejected": 0, "fingerprints": fingerprints,
+    }
+    if table is not None and total:
+        failed = table.column(readers.ERROR).is_valid()
+        reused = pc.and_(pc.invert(failed), pc.fill_null(table.column(readers.REUSE), False)) \
+            if readers.REUSE in table.column_names else pa.array([False] * total)
+        fresh = table.filter(pc.and_(pc.invert(failed), pc.invert(reused)))
+        again = table.filter(reused)
+        if again.num_rows:
+            previous = _variable_lists(store.read_parquet(emb_uri)) if store.exists(emb_uri) else None
+            again = _copy_reused(again, previous, sorted(fingerprints))
+        drop = [c for c in (readers.ERROR, readers.REUSE) if c in table.column_names]
+        ok = pa.concat_tables([fresh.drop_columns(drop), again.drop_columns(drop)])
+        bad = table.filter(failed)
+        record.update(embedded=ok.num_rows, newly_embedded=fresh.num_rows, reused=again.num_rows,
+                      rejected=bad.num_rows)
+        meta = {LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True, default=str).encode()}
+        if ok.num_rows:
+            ok = schema.storable(_fixed_lists(ok, fingerprints))
+            store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
+            record["embeddings_file"] = emb_uri
+        else:
+            store.delete(emb_uri)
+        if bad.num_rows:
+            rejects = pa.table({
+                schema.ID: bad.column(schema.ID),
+                schema.REASON: bad.column(readers.ERROR),
+                schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
+                "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
+            }, schema=schema.REJECTS_SCHEMA)
+            store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
+            record["rejects_file"] = rej_uri
+        else:
+            store.delete(rej_uri)
+    record["committed_at"] = datetime.now(UTC).isoformat()
+    store.write_json(layout.commit_record(output, shard.key), record)  # last: the shard is now done
+    return record
+
+
+def clean_uncommitted(store: Storage, output: str, pending: list[readers.Shard]) -> None:
+    """Remove what a killed run may have left: staging pieces and files of uncommitted shards."""
+    store.delete(layout.staging_dir(output), recursive=True)
+    for shard in pending:
+        store.delete(layout.embeddings_file(output, shard.key))
+        store.delete(layout.rejects_file(output, shard.key))
+
+
+def check_same_encoders(store: Storage, output: str, encoders_id: str) -> None:
+    """Refuse to mix embeddings of different encoders (or encoder settings) in one folder."""
+    manifest = store.read_json_or_none(layout.manifest(output))
+    if manifest and manifest.get("encoders_id") not in (None, encoders_id):
+        raise ValueError(
+            f"{layout.embeddings_dir(output)} holds embeddings of other encoders or settings "
+            f"(id {manifest['encoders_id']}, now {encoders_id}); write to a new `output`, or use "
+            "`adapt nightly`, which keeps one folder per encoder version"
+        )
+
+
+def _records(store: Storage, output: str, shards: list[readers.Shard]) -> list[dict]:
+    return [r for s in shards if (r := store.read_json_or_none(layout.commit_record(output, s.key)))]
+
+
+def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], lineage: dict):
+    records = _records(store, config.output, shards)
+    if len(records) != len(shards):
+        raise RuntimeError(f"{len(shards) - len(records)} shards are not committed; re-run extract")
+    fingerprints = next((r["fingerprints"] for r in records if r["fingerprints"]), {})
+    totals = {
+        "input_rows": sum(r["input_rows"] for r in records),
+        "embedded": sum(r["embedded"] for r in records),
+        "rejected": sum(r["rejected"] for r in records),
+        "fingerprints": fingerprints,
+        "encoders_id": lineage["encoders_id"],
+    }
+    manifest = {
+        **lineage, **totals, "complete": True, "shards": records,
+        "schema": {m: schema.embedding_column(m) for m in sorted(config.encoders)},
+        "written_at": datetime.now(UTC).isoformat(),
+    }
+    uri = layout.manifest(config.output)
+    store.write_json(uri, manifest)
+    return uri, totals

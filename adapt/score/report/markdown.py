@@ -1,0 +1,358 @@
+"""report.md, and the few lines the stage prints, from a report dict."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+
+def _fmt(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _means(report: dict, task: str) -> dict[tuple[str, str], dict]:
+    return {
+        (r["representation"], r["classifier"]): r
+        for r in report["results"]
+        if r["task"] == task and r["fold"] == "mean"
+    }
+
+
+def _gains(report: dict, task: str) -> dict[tuple[str, str, str], dict]:
+    return {
+        (g["classifier"], g["representation"], g["baseline"]): g
+        for g in report["gains"]
+        if g["task"] == task
+    }
+
+
+def _gain_text(g: dict | None) -> str:
+    if not g or g.get("mean") is None:
+        return "-"
+    return f"{_fmt(g['mean'], True)} [{_fmt(g['lo'], True)}, {_fmt(g['hi'], True)}]"
+
+
+def _baseline_text(g: dict | None) -> str:
+    return f"`{g['baseline_representation']}`" if g else "-"
+
+
+def _task_line(t: dict, protocol: dict) -> str:
+    what = f"'{t['positive']}' vs rest" if t.get("positive") else f"{t['n_classes']} classes"
+    return (
+        f"task {t['name']} ({t['type']}, {what}, {t['n_rows']} rows): "
+        f"{protocol['metric']}, mean of {protocol['n_folds']} {protocol['scheme']} folds"
+    )
+
+
+def _learned(reps: list[str]) -> list[str]:
+    return [r for r in reps if r.partition(":")[0] in ("projected", "head")]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+
+
+def headline(report: dict) -> str:
+    """The plain-text tables `adapt score` prints: per task, the metric by classifier and
+    representation (* marks each classifier's best), the gain of each learned representation over
+    the best raw one with its interval, and the recommendation."""
+    protocol = report["protocol"]
+    metric = protocol["metric"]
+    reps, clfs = protocol["representations"], protocol["classifiers"]
+    level = f"{1 - protocol['alpha']:.0%}"
+    out = []
+    for t in report["tasks"]:
+        means, gains = _means(report, t["name"]), _gains(report, t["name"])
+        out.append(_task_line(t, protocol))
+        rows = []
+        for clf in clfs:
+            vals = {r: (means.get((r, clf)) or {}).get(metric) for r in reps}
+            best = max((v for v in vals.values() if v is not None), default=None)
+            rows.append(
+                [
+                    clf,
+                    *(
+                        _fmt(vals[r]) + ("*" if vals[r] is not None and vals[r] == best else " ")
+                        for r in reps
+                    ),
+                ]
+            )
+        out.extend("  " + line for line in _table(["classifier", *reps], rows))
+        learned = _learned(reps)
+        if learned:
+            out.append(
+                f"  gain over the best raw representation, {level} interval "
+                "(paired bootstrap, pooled out-of-fold):"
+            )
+            rows = [
+                [clf, *(_gain_text(gains.get((clf, r, "raw"))) for r in learned)] for clf in clfs
+            ]
+            out.extend("  " + line for line in _table(["classifier", *learned], rows))
+        rec = report["recommendation"].get(t["name"])
+        if rec and rec.get("representation"):
+            out.append(
+                f"  recommended: {rec['representation']} (validation {metric} "
+                f"{_fmt(rec['score'])}, mean over classifiers; chosen on validation rows "
+                "only, never test)"
+            )
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _splits_note(protocol: dict) -> str:
+    """How many inner splits each task's validation folds got, when any got more than one."""
+    splits = protocol.get("validation_splits") or {}
+    if not any(n > 1 for n in splits.values()):
+        return ""
+    each = ", ".join(f"{task} {n}" for task, n in splits.items())
+    return (f"; inner splits per fold, until {protocol.get('validation_rows')} validation rows: "
+            f"{each}")
+
+
+def _search_lines(report: dict) -> list[str]:
+    """One line on what the in-fold heads' hyper-parameter searches chose, fold by fold."""
+    chosen: dict[str, Counter] = {}
+    for fold in report.get("folds", []):
+        for rep, info in fold.get("representations", {}).items():
+            selection = info.get("search") or {}
+            if selection.get("trials"):
+                key = ", ".join(f"{k}={v}" for k, v in selection["overrides"].items())
+                chosen.setdefault(rep, Counter())[key] += 1
+    if not chosen:
+        return []
+    parts = []
+    for rep, counts in chosen.items():
+        total = sum(counts.values())
+        parts.append(
+            f"`{rep}`: " + "; ".join(f"{k} ({n} of {total})" for k, n in counts.most_common())
+        )
+    return [
+        "- The heads of `projected:*` chose their settings by a search on a hold-out of each "
+        "fold's training rows (adapt.train.search); chosen per fold, over test and validation folds: "
+        + " | ".join(parts)
+        + "."
+    ]
+
+
+def _pick_note(pick: dict) -> str:
+    """Why a classifier's recommendation is not its best representation on validation."""
+    best = pick.get("best_on_validation")
+    if pick.get("kept_raw"):
+        return f" (kept: `{best}` scored higher, without a clear gain)"
+    return ""
+
+
+def _fits_lines(protocol: dict) -> list[str]:
+    """Which classifiers were fitted several times per cell, with different seeds."""
+    seeded, n = protocol.get("seed_dependent") or [], protocol.get("classifier_seeds", 1)
+    if not seeded or n < 2:
+        return []
+    names = ", ".join(f"`{c}`" for c in seeded)
+    return [
+        f"- {names}: fitted {n} times per cell with different seeds (their fits draw random "
+        "numbers); a cell's scores, and its side of every paired gain, are the mean over the fits."
+    ]
+
+
+def render_markdown(report: dict, plots: list[str] = ()) -> str:
+    """report.md: what a person reads to decide which representation to use."""
+    lines = _intro(report)
+    for t in report["tasks"]:
+        lines += _task_section(report, t)
+    failures = report.get("failures", [])
+    if failures:
+        lines += ["", f"## Failed cells ({len(failures)})", ""]
+        for f in failures[:50]:
+            lines.append(
+                f"- {f['task']} / {f['representation']} / {f['classifier']} / fold "
+                f"{f['fold']}: {f['error']}"
+            )
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _intro(report: dict) -> list[str]:
+    """The title, the inputs, and how to read the numbers."""
+    protocol, inputs = report["protocol"], report.get("inputs", {})
+    metric = protocol["metric"]
+    level = f"{1 - protocol['alpha']:.0%}"
+    lines = [
+        f"# Score report {report['run_id']}",
+        "",
+        f"Created {report['created_at']} by adapt {report.get('adapt_version', '?')}. "
+        f"Corpus `{inputs.get('corpus', report['config'].get('corpus'))}`, "
+        f"{inputs.get('rows')} embedded rows"
+        + (
+            f", embeddings manifest sha256 `{inputs['manifest_sha256'][:16]}`"
+            if inputs.get("manifest_sha256")
+            else ""
+        )
+        + ".",
+        "",
+        "## How to read it",
+        "",
+        f"- Protocol: stratified {protocol['scheme']} with {protocol['n_folds']} folds "
+        f"(seed {protocol['seed']}); every representation is scored on the same folds. "
+        f"Numbers are `{metric}` means over folds with a {level} bootstrap interval over folds."
+        + (
+            f" Only folds {protocol['only_folds']} were scored."
+            if protocol.get("only_folds") is not None
+            else ""
+        ),
+        *_fits_lines(protocol),
+        "- PCA (k = "
+        f"{protocol.get('pca_k')}), the per-modality scaling of `raw:concat` and the heads of "
+        "`projected:*` are fitted on each fold's training rows only.",
+        f"- Gains: {metric}(representation) - {metric}(baseline), {level} paired bootstrap "
+        "interval on the pooled out-of-fold predictions. The baseline is the best raw (or PCA) "
+        "representation for that task and classifier, picked on the same test rows: this favours "
+        "the baseline, so gains are if anything understated.",
+        "- Recommendation: chosen from validation cells only (inner splits of the training rows "
+        f"of {protocol.get('validation_folds', 0)} outer fold(s), each holding out "
+        f"{protocol.get('validation_fraction', 0):.0%}{_splits_note(protocol)}), never from test "
+        "rows.",
+    ]
+    lines += _search_lines(report)
+    for h in report.get("heads", []):
+        lines.append(
+            f"- `{h['representation']}` is a head given by URI (`{h['uri']}`): {h['note']}."
+        )
+    return lines
+
+
+def _task_section(report: dict, t: dict) -> list[str]:
+    """One task: what was kept, the recommendation, then the tables that back it."""
+    protocol = report["protocol"]
+    name = t["name"]
+    lines = ["", f"## Task `{name}`", "", _task_line(t, protocol) + "."]
+    dropped = t.get("dropped", {})
+    if dropped.get("classes") or dropped.get("unlabelled"):
+        lines.append(
+            f"Dropped: {dropped.get('unlabelled', 0)} unlabelled rows; classes "
+            f"under min_class_count: {dropped.get('classes') or 'none'}."
+        )
+    rec = report["recommendation"].get(name)
+    if rec and rec.get("representation"):
+        lines += [
+            "",
+            f"**Recommended: `{rec['representation']}`** (validation {protocol['metric']} "
+            f"{_fmt(rec['score'])}, mean over classifiers). {rec['basis']}.",
+        ]
+        per = ", ".join(
+            f"{c}: `{v['representation']}`{_pick_note(v)}"
+            for c, v in rec.get("by_classifier", {}).items()
+        )
+        if per:
+            lines.append(f"Recommended per classifier: {per}.")
+    means = _means(report, name)
+    lines += _score_table(protocol, means)
+    lines += _best_table(protocol, means)
+    lines += _averaged_table(report, name)
+    lines += _gains_table(protocol, _gains(report, name))
+    return lines
+
+
+def _score_table(protocol: dict, means: dict) -> list[str]:
+    metric, reps = protocol["metric"], protocol["representations"]
+    lines = [
+        "",
+        f"### {metric} by representation and classifier",
+        "",
+        "| classifier | " + " | ".join(f"`{r}`" for r in reps) + " |",
+        "|---|" + "---|" * len(reps),
+    ]
+    for clf in protocol["classifiers"]:
+        cells, vals = [], {r: (means.get((r, clf)) or {}).get(metric) for r in reps}
+        best = max((v for v in vals.values() if v is not None), default=None)
+        for r in reps:
+            m = means.get((r, clf)) or {}
+            v = m.get(metric)
+            text = _fmt(v)
+            if metric in ("macro_f1", "micro_f1") and v is not None:
+                text += f" [{_fmt(m.get(f'{metric}_lo'))}, {_fmt(m.get(f'{metric}_hi'))}]"
+            cells.append(f"**{text}**" if v is not None and v == best else text)
+        lines.append(f"| {clf} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _best_table(protocol: dict, means: dict) -> list[str]:
+    metric = protocol["metric"]
+    lines = [
+        "",
+        "### Best representation per classifier (test)",
+        "",
+        "| classifier | best | " + metric + " | runner-up |",
+        "|---|---|---|---|",
+    ]
+    for clf in protocol["classifiers"]:
+        ranked = sorted(
+            (
+                (m.get(metric), r)
+                for (r, c), m in means.items()
+                if c == clf and m.get(metric) is not None
+            ),
+            reverse=True,
+        )
+        if ranked:
+            second = f"`{ranked[1][1]}` {_fmt(ranked[1][0])}" if len(ranked) > 1 else "-"
+            lines.append(f"| {clf} | `{ranked[0][1]}` | {_fmt(ranked[0][0])} | {second} |")
+    return lines
+
+
+def _averaged_table(report: dict, name: str) -> list[str]:
+    protocol = report["protocol"]
+    averaged = [g for g in report.get("mean_gains", []) if g["task"] == name]
+    if not averaged:
+        return []
+    level = f"{1 - protocol['alpha']:.0%}"
+    lines = [
+        "",
+        f"### Averaged over all {len(protocol['classifiers'])} classifiers ({level} paired "
+        "interval)",
+        "",
+        f"| representation | mean {protocol['metric']} | over raw | raw baseline | over PCA "
+        "| PCA baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_rep: dict[str, dict] = {}
+    for g in averaged:
+        by_rep.setdefault(g["representation"], {})[g["baseline"]] = g
+    for r, pair in by_rep.items():
+        g_raw, g_pca = pair.get("raw"), pair.get("pca")
+        score = (g_raw or g_pca)["candidate_score"]
+        lines.append(
+            f"| `{r}` | {_fmt(score)} | {_gain_text(g_raw)} | {_baseline_text(g_raw)} | "
+            f"{_gain_text(g_pca)} | {_baseline_text(g_pca)} |"
+        )
+    return lines
+
+
+def _gains_table(protocol: dict, gains: dict) -> list[str]:
+    cands = [r for r in protocol["representations"] if r.partition(":")[0] != "raw"]
+    if not cands:
+        return []
+    lines = [
+        "",
+        f"### Gains over raw and over PCA ({1 - protocol['alpha']:.0%} paired interval)",
+        "",
+        "| classifier | representation | over raw | raw baseline | over PCA | PCA baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for clf in protocol["classifiers"]:
+        for r in cands:
+            g_raw, g_pca = gains.get((clf, r, "raw")), gains.get((clf, r, "pca"))
+            if not g_raw and not g_pca:
+                continue
+            mark = " (> 0)" if g_raw and g_raw.get("lo") is not None and g_raw["lo"] > 0 else ""
+            lines.append(
+                f"| {clf} | `{r}` | {_gain_text(g_raw)}{mark} | {_baseline_text(g_raw)} | "
+                f"{_gain_text(g_pca)} | {_baseline_text(g_pca)} |"
+            )
+    return lines
