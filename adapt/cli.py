@@ -39,10 +39,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name in [*STAGES, "run"]:
-        s = sub.add_parser(name, help="all stages in order" if name == "run" else f"the {name} stage")
+        s = sub.add_parser(
+            name, help="all stages in order" if name == "run" else f"the {name} stage"
+        )
         s.add_argument("--config", required=True, help="YAML job configuration")
-        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set extract.batch_size=32 (repeatable)")
+        s.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set extract.batch_size=32 (repeatable)",
+        )
         s.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 

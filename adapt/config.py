@@ -116,7 +116,9 @@ class ExtractConfig(Strict):
         0.05, ge=0, le=1, description="Fail the job when more than this share of rows is rejected."
     )
     shards_per_wave: int = Field(
-        64, ge=1, description="Input shards committed together; a killed run redoes at most one wave."
+        64,
+        ge=1,
+        description="Input shards committed together; a killed run redoes at most one wave.",
     )
     max_rows_per_shard: int | None = Field(
         None, ge=1, description="Stop after this many rows per input shard (smoke runs)."
@@ -523,7 +525,8 @@ class ScoreTask(Strict):
     )
     label_column: str = Field("label", description="Label column: label or a label_* column.")
     type: Literal["auto", "binary", "multiclass", "multilabel"] = Field(
-        "auto", description="auto: lists per row -> multilabel, 2 classes -> binary, else multiclass."
+        "auto",
+        description="auto: lists per row -> multilabel, 2 classes -> binary, else multiclass.",
     )
     positive: str | None = Field(
         None, description="One-vs-rest: this class against all others (a binary task)."
@@ -617,7 +620,10 @@ class ScoreConfig(Strict):
         "on test rows.",
     )
     validation_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="Share of a fold's training rows the inner split holds out."
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of a fold's training rows the inner split holds out.",
     )
     validation_rows: int = Field(
         1000,
@@ -701,7 +707,9 @@ class ScoreConfig(Strict):
         if self.only_folds is not None and not all(0 <= f < self.n_folds for f in self.only_folds):
             problems.append(f"only_folds must be fold numbers in 0..{self.n_folds - 1}")
         if self.validation_folds > self.n_folds:
-            problems.append(f"validation_folds ({self.validation_folds}) > n_folds ({self.n_folds})")
+            problems.append(
+                f"validation_folds ({self.validation_folds}) > n_folds ({self.n_folds})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -711,12 +719,15 @@ class NightlyConfig(Strict):
     """Re-adaptation on a schedule: extract what is new, retrain, score, promote if better."""
 
     holdout_fraction: float = Field(
-        0.2, gt=0, lt=1,
+        0.2,
+        gt=0,
+        lt=1,
         description="Share of rows (chosen by a hash of the id, stable across nights) that no head "
         "ever trains on: champion and challenger are compared on them.",
     )
     classifiers: list[str] = Field(
-        ["logreg", "knn"], min_length=1,
+        ["logreg", "knn"],
+        min_length=1,
         description="Classifiers fitted on projected training rows to compare the two heads.",
     )
     metric: Literal["macro_f1", "micro_f1", "accuracy"] = "macro_f1"
@@ -733,7 +744,8 @@ class NightlyConfig(Strict):
         0, ge=0, description="Wait this long for a running night to finish before giving up."
     )
     probe_rows: int = Field(
-        32, ge=0,
+        32,
+        ge=0,
         description="Rows of the first shard embedded again each night to check determinism.",
     )
     score_report: bool = Field(
@@ -805,7 +817,8 @@ class Config(Strict):
         # Representation variants name modalities, which only the encoders know.
         variants = {*self.encoders, "concat"}
         bad = [
-            r for r in self.score.representations
+            r
+            for r in self.score.representations
             if r.partition(":")[0] in ("raw", "pca") and r.partition(":")[2] not in ("", *variants)
         ]
         if bad:
@@ -838,7 +851,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set extract.batch_size=32")
+            raise ConfigError(
+                f"--set {item!r}: expected key=value, e.g. --set extract.batch_size=32"
+            )
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
     return data
 
@@ -880,8 +895,9 @@ def format_errors(error: ValidationError, model: type[BaseModel], source: str) -
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> Config:
     """Load, override and validate a configuration; raise ConfigError listing every problem."""
     source = str(path) if path else "<config>"
     if data is None:

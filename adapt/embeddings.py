@@ -40,8 +40,10 @@ class Embeddings:
 
     def subset(self, index: np.ndarray) -> Embeddings:
         return Embeddings(
-            self.ids[index], {m: x[index] for m, x in self.features.items()},
-            {k: [v[i] for i in index] for k, v in self.columns.items()}, self.manifest,
+            self.ids[index],
+            {m: x[index] for m, x in self.features.items()},
+            {k: [v[i] for i in index] for k, v in self.columns.items()},
+            self.manifest,
         )
 
 
@@ -66,7 +68,11 @@ def fixed_size_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         raise ValueError("embedding column has null rows; filter them first")
     flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     # A column with nulls is stored as a variable-size list (see schema.storable).
-    dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else flat.size // max(1, len(arr))
+    dim = (
+        arr.type.list_size
+        if pa.types.is_fixed_size_list(arr.type)
+        else flat.size // max(1, len(arr))
+    )
     return flat.reshape(-1, dim)
 
 
@@ -89,8 +95,13 @@ def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Em
             keep &= table.column(c).is_valid().to_numpy(zero_copy_only=False)
         manifest = {**manifest, "dropped_incomplete": int((~keep).sum())}
         table = table.filter(pa.array(keep))
-    features = {m: fixed_size_to_numpy(table.column(c)) for m, c in zip(modalities, emb_cols, strict=True)}
-    columns = {c: table.column(c).to_pylist() for c in table.column_names
-               if c.startswith(schema.LABEL) or c in (schema.SPLIT, schema.CONTENT_HASH)}
+    features = {
+        m: fixed_size_to_numpy(table.column(c)) for m, c in zip(modalities, emb_cols, strict=True)
+    }
+    columns = {
+        c: table.column(c).to_pylist()
+        for c in table.column_names
+        if c.startswith(schema.LABEL) or c in (schema.SPLIT, schema.CONTENT_HASH)
+    }
     ids = np.array(table.column(schema.ID).to_pylist(), dtype=object)
     return Embeddings(ids, features, columns, manifest)

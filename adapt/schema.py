@@ -52,5 +52,7 @@ def storable(table: pa.Table) -> pa.Table:
     """
     for i, field in enumerate(table.schema):
         if pa.types.is_fixed_size_list(field.type) and table.column(i).null_count:
-            table = table.set_column(i, field.name, table.column(i).cast(pa.list_(field.type.value_type)))
+            table = table.set_column(
+                i, field.name, table.column(i).cast(pa.list_(field.type.value_type))
+            )
     return table

@@ -68,8 +68,11 @@ class Storage:
                 if self.config.region:
                     client_kwargs["region_name"] = self.config.region
                 self._fs_cache[protocol] = fsspec.filesystem(
-                    "s3", anon=self.config.anon, client_kwargs=client_kwargs,
-                    skip_instance_cache=True, use_listings_cache=False,
+                    "s3",
+                    anon=self.config.anon,
+                    client_kwargs=client_kwargs,
+                    skip_instance_cache=True,
+                    use_listings_cache=False,
                 )
             elif protocol == "file":
                 self._fs_cache[protocol] = fsspec.filesystem("file")
@@ -87,7 +90,7 @@ class Storage:
     def strip(uri: str) -> str:
         """The path the filesystem expects (no scheme)."""
         if uri.startswith("file://"):
-            return uri[len("file://"):]
+            return uri[len("file://") :]
         return uri.split("://", 1)[1] if is_remote(uri) else os.path.abspath(uri)
 
     def qualify(self, uri: str, path: str) -> str:
@@ -103,7 +106,9 @@ class Storage:
     def isdir(self, uri: str) -> bool:
         return self.fs(uri).isdir(self.strip(uri))
 
-    def list_files(self, uri: str, suffixes: tuple[str, ...] = (), recursive: bool = True) -> list[str]:
+    def list_files(
+        self, uri: str, suffixes: tuple[str, ...] = (), recursive: bool = True
+    ) -> list[str]:
         """Sorted URIs of files under `uri`, skipping hidden names (`.x`, `_x`) as pyarrow does."""
         fs, root = self.fs(uri), self.strip(uri)
         if not fs.exists(root):
@@ -113,7 +118,7 @@ class Storage:
         paths = fs.find(root) if recursive else [p for p in fs.ls(root, detail=False)]
         out = []
         for path in paths:
-            rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else path
+            rel = path[len(root.rstrip("/")) + 1 :] if path.startswith(root.rstrip("/")) else path
             if any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue
             if suffixes and not path.endswith(suffixes):
@@ -206,7 +211,9 @@ class Storage:
             os.unlink(tmp)
 
     def write_json(self, uri: str, obj: Any) -> None:
-        self.write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+        self.write_bytes(
+            uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+        )
 
     def write_parquet(self, uri: str, table: pa.Table, row_group_size: int = 16384) -> int:
         """Write a table as one Parquet file (zstd); return its size in bytes."""

@@ -1,6 +1,6 @@
 """Ray job entrypoint for the apply stage.
 
-    ray job submit --working-dir . -- python jobs/apply.py --config cluster/configs/demo.yaml
+ray job submit --working-dir . -- python jobs/apply.py --config cluster/configs/demo.yaml
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Ray job entrypoint for the extract stage.
 
-    ray job submit --working-dir . -- python jobs/extract.py --config cluster/configs/demo.yaml
+ray job submit --working-dir . -- python jobs/extract.py --config cluster/configs/demo.yaml
 """
 
 import sys

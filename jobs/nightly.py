@@ -1,6 +1,6 @@
 """Ray job entrypoint for the nightly re-adaptation (extract -> train -> score -> promote).
 
-    ray job submit --working-dir . -- python jobs/nightly.py --config cluster/configs/demo.yaml
+ray job submit --working-dir . -- python jobs/nightly.py --config cluster/configs/demo.yaml
 """
 
 import sys

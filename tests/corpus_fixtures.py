@@ -25,12 +25,29 @@ def png(i: int, size: int = 24) -> bytes:
 
 
 def rows(n: int, bad: bool = True) -> list[dict]:
-    out = [{"id": f"r{i:04d}", "text": WORDS[i % len(WORDS)], "image": png(i),
-            "label": f"c{i % 3}", "split": "test" if i % 5 == 0 else "train"} for i in range(n)]
+    out = [
+        {
+            "id": f"r{i:04d}",
+            "text": WORDS[i % len(WORDS)],
+            "image": png(i),
+            "label": f"c{i % 3}",
+            "split": "test" if i % 5 == 0 else "train",
+        }
+        for i in range(n)
+    ]
     if bad:
-        out.append({"id": "r-corrupt", "text": "the cat", "image": b"\x89PNG\r\n\x1a\nbroken",
-                    "label": "c0", "split": "train"})
-        out.append({"id": "r-empty", "text": "  ", "image": png(1), "label": "c1", "split": "train"})
+        out.append(
+            {
+                "id": "r-corrupt",
+                "text": "the cat",
+                "image": b"\x89PNG\r\n\x1a\nbroken",
+                "label": "c0",
+                "split": "train",
+            }
+        )
+        out.append(
+            {"id": "r-empty", "text": "  ", "image": png(1), "label": "c1", "split": "train"}
+        )
     return out
 
 
@@ -57,8 +74,11 @@ def write_webdataset(store: Storage, root: str, items: list[dict], n_shards: int
             for k, r in enumerate(part):
                 key = f"{s:03d}{k:05d}"
                 meta = {"id": r["id"], "label": r["label"], "split": r["split"]}
-                for ext, data in (("png", r["image"]), ("txt", r["text"].encode()),
-                                  ("json", json.dumps(meta).encode())):
+                for ext, data in (
+                    ("png", r["image"]),
+                    ("txt", r["text"].encode()),
+                    ("json", json.dumps(meta).encode()),
+                ):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -71,10 +91,13 @@ def write_folder(store: Storage, root: str, items: list[dict], kind: str = "json
         rel = f"img/{r['id']}.png"
         store.write_bytes(join(root, rel), r["image"])
         manifest.append({"id": r["id"], "image_path": rel, "text": r["text"], "label": r["label"]})
-    manifest.append({"id": "r-missing", "image_path": "img/absent.png", "text": "a dog", "label": "c2"})
+    manifest.append(
+        {"id": "r-missing", "image_path": "img/absent.png", "text": "a dog", "label": "c2"}
+    )
     if kind == "jsonl":
-        store.write_bytes(join(root, "manifest.jsonl"),
-                          "".join(json.dumps(m) + "\n" for m in manifest).encode())
+        store.write_bytes(
+            join(root, "manifest.jsonl"), "".join(json.dumps(m) + "\n" for m in manifest).encode()
+        )
     else:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["id", "image_path", "text", "label"])

@@ -31,23 +31,44 @@ def _report(gain_lo: float, recommended: dict[str, str]) -> dict:
         ("projected:single", "cart"): 0.60,
     }
     results = [
-        {"task": "t", "representation": r, "classifier": c, "fold": "mean", "macro_f1": v,
-         "macro_f1_lo": v - 0.01, "macro_f1_hi": v + 0.01}
+        {
+            "task": "t",
+            "representation": r,
+            "classifier": c,
+            "fold": "mean",
+            "macro_f1": v,
+            "macro_f1_lo": v - 0.01,
+            "macro_f1_hi": v + 0.01,
+        }
         for (r, c), v in means.items()
     ]
     gains = [
-        {"task": "t", "representation": "projected:single", "baseline": base,
-         "baseline_representation": rep, "mean": 0.1, "lo": gain_lo, "hi": 0.2}
+        {
+            "task": "t",
+            "representation": "projected:single",
+            "baseline": base,
+            "baseline_representation": rep,
+            "mean": 0.1,
+            "lo": gain_lo,
+            "hi": 0.2,
+        }
         for base, rep in (("raw", "raw:text"), ("pca", "pca:text"))
     ]
     return {
-        "protocol": {"metric": "macro_f1", "classifiers": ["logreg", "cart"],
-                     "representations": ["raw:text", "raw:concat", "projected:single"]},
+        "protocol": {
+            "metric": "macro_f1",
+            "classifiers": ["logreg", "cart"],
+            "representations": ["raw:text", "raw:concat", "projected:single"],
+        },
         "tasks": [{"name": "t"}],
         "results": results,
         "mean_gains": gains,
-        "recommendation": {"t": {"representation": "projected:single", "by_classifier": {
-            c: {"representation": r} for c, r in recommended.items()}}},
+        "recommendation": {
+            "t": {
+                "representation": "projected:single",
+                "by_classifier": {c: {"representation": r} for c, r in recommended.items()},
+            }
+        },
     }
 
 
@@ -74,47 +95,76 @@ def test_a_cell_below_raw_gets_its_pooled_test_interval(tmp_path):
     # Two outer folds and a validation split saved as the score stage saves them: the interval
     # pools the outer folds only, and averages a stack of fits.
     rng = np.random.default_rng(0)
-    y = {("t", 0): rng.integers(0, 3, 60), ("t", 1): rng.integers(0, 3, 60),
-         ("t", "val0"): rng.integers(0, 3, 20)}
+    y = {
+        ("t", 0): rng.integers(0, 3, 60),
+        ("t", 1): rng.integers(0, 3, 60),
+        ("t", "val0"): rng.integers(0, 3, 20),
+    }
     pred = {}
     for (task, fold), truth in y.items():
         wrong = (truth + 1) % 3
         pred[(task, "raw:text", "mlp", fold)] = np.stack([truth, truth])
         pred[(task, "projected:single", "mlp", fold)] = np.stack(
-            [np.where(rng.random(len(truth)) < 0.3, wrong, truth) for _ in range(2)])
+            [np.where(rng.random(len(truth)) < 0.3, wrong, truth) for _ in range(2)]
+        )
     ci = _cell_interval({"y": y, "pred": pred}, "t", "mlp", "raw:text", "projected:single")
     assert -0.5 < ci["mean"] < -0.1 and ci["hi"] < 0
     pred[("t", "projected:single", "mlp", "val0")] = np.zeros((2, 5), int)  # never read
-    assert _cell_interval({"y": y, "pred": pred}, "t", "mlp", "raw:text",
-                          "projected:single") == ci
+    assert _cell_interval({"y": y, "pred": pred}, "t", "mlp", "raw:text", "projected:single") == ci
 
 
 def _split(means: dict, recs: dict, beats: bool = True) -> dict:
     """One fold split as `write_summary` writes it: the bar's cells and the test means."""
-    rows = [{"task": "t", "representation": r, "classifier": c, "fold": "mean", "macro_f1": v}
-            for (r, c), v in means.items()]
-    rows.append({"task": "t", "representation": "raw:text", "classifier": "xgboost", "fold": 0,
-                 "macro_f1": 0.0})  # a fold row, never read as a mean
+    rows = [
+        {"task": "t", "representation": r, "classifier": c, "fold": "mean", "macro_f1": v}
+        for (r, c), v in means.items()
+    ]
+    rows.append(
+        {
+            "task": "t",
+            "representation": "raw:text",
+            "classifier": "xgboost",
+            "fold": 0,
+            "macro_f1": 0.0,
+        }
+    )  # a fold row, never read as a mean
     cells = {}
     for clf, rec in recs.items():
         top = max(v for (r, c), v in means.items() if c == clf and r.startswith("raw:"))
         cells[clf] = {"recommended": rec, "vs_raw": means[(rec, clf)] - top}
-    return {"bar": {"t": {"cells": cells, "beats_raw_and_pca": beats,
-                          "averaged_gains": {"raw": {"mean": 0.05}, "pca": {"mean": 0.02}}}},
-            "results": {"c": rows}}
+    return {
+        "bar": {
+            "t": {
+                "cells": cells,
+                "beats_raw_and_pca": beats,
+                "averaged_gains": {"raw": {"mean": 0.05}, "pca": {"mean": 0.02}},
+            }
+        },
+        "results": {"c": rows},
+    }
 
 
 def _two_splits() -> dict:
-    a = {("raw:text", "xgboost"): 0.515, ("raw:concat", "xgboost"): 0.50,
-         ("projected:single", "xgboost"): 0.45,
-         ("raw:text", "cart"): 0.45, ("raw:concat", "cart"): 0.30,
-         ("projected:single", "cart"): 0.40}
-    b = {("raw:text", "xgboost"): 0.53, ("raw:concat", "xgboost"): 0.50,
-         ("projected:single", "xgboost"): 0.54,
-         ("raw:text", "cart"): 0.44, ("raw:concat", "cart"): 0.30,
-         ("projected:single", "cart"): 0.41}
-    return {"a": _split(a, {"xgboost": "raw:concat", "cart": "projected:single"}),
-            "b": _split(b, {"xgboost": "raw:text", "cart": "projected:single"}, beats=False)}
+    a = {
+        ("raw:text", "xgboost"): 0.515,
+        ("raw:concat", "xgboost"): 0.50,
+        ("projected:single", "xgboost"): 0.45,
+        ("raw:text", "cart"): 0.45,
+        ("raw:concat", "cart"): 0.30,
+        ("projected:single", "cart"): 0.40,
+    }
+    b = {
+        ("raw:text", "xgboost"): 0.53,
+        ("raw:concat", "xgboost"): 0.50,
+        ("projected:single", "xgboost"): 0.54,
+        ("raw:text", "cart"): 0.44,
+        ("raw:concat", "cart"): 0.30,
+        ("projected:single", "cart"): 0.41,
+    }
+    return {
+        "a": _split(a, {"xgboost": "raw:concat", "cart": "projected:single"}),
+        "b": _split(b, {"xgboost": "raw:text", "cart": "projected:single"}, beats=False),
+    }
 
 
 def test_combined_splits_average_each_cell_before_the_check():
@@ -134,8 +184,10 @@ def test_combined_splits_average_each_cell_before_the_check():
     assert combined["per_split"]["a"]["noise_floor"] == 1
     assert combined["per_split"]["b"]["noise_floor"] == 0
     md = splits_table(combined)
-    assert "| t | cart | `projected:single` -0.050 | `projected:single` -0.030 | -0.040 " \
-           "(`raw:text`) (over 1 pt) |" in md
+    assert (
+        "| t | cart | `projected:single` -0.050 | `projected:single` -0.030 | -0.040 "
+        "(`raw:text`) (over 1 pt) |" in md
+    )
     assert md.index("| t | cart |") < md.index("| t | xgboost |")  # worst first
 
 
@@ -150,8 +202,10 @@ def test_combine_reads_the_runs_of_each_seed(tmp_path):
     assert "| x-seed5 | no |" in (tmp_path / "x-splits.md").read_text()
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--combine"])
-    assert _without(["--seeds", "0,1", "--out", "o", "--seed=3", "--run-id", "r", "--folds", "2"],
-                    ("--seeds", "--seed", "--run-id")) == ["--out", "o", "--folds", "2"]
+    assert _without(
+        ["--seeds", "0,1", "--out", "o", "--seed=3", "--run-id", "r", "--folds", "2"],
+        ("--seeds", "--seed", "--run-id"),
+    ) == ["--out", "o", "--folds", "2"]
 
 
 def test_another_text_encoder_gets_its_own_output_folder(tmp_path):
@@ -167,4 +221,6 @@ def test_combine_keeps_the_tasks_every_split_scored():
     runs["a"]["bar"]["u"] = {**runs["a"]["bar"]["t"], "beats_raw_and_pca": False}
     combined = combine_splits(runs)
     assert {c["task"] for c in combined["cells"]} == {"t"}
-    assert combined["per_split"]["a"]["bar_met"] and list(combined["per_split"]["a"]["gains"]) == ["t"]
+    assert combined["per_split"]["a"]["bar_met"] and list(combined["per_split"]["a"]["gains"]) == [
+        "t"
+    ]

@@ -62,9 +62,7 @@ def _separable(task_type, n=150, dims=8, seed=0):
 @pytest.mark.parametrize("classifier", sorted(CLASSIFIERS))
 def test_score_cell_every_classifier(classifier, task_type):
     X_train, y_train, X_test, y_test, classes = _separable(task_type)
-    result = score_cell(
-        X_train, y_train, X_test, y_test, classifier, task_type, classes, seed=0
-    )
+    result = score_cell(X_train, y_train, X_test, y_test, classifier, task_type, classes, seed=0)
     assert result["macro_f1"] > 0.8, result
     assert result["auroc"] is not None and result["auroc"] > 0.8
     assert result["fit_s"] >= 0 and result["predict_s"] >= 0
@@ -97,15 +95,9 @@ def test_score_cell_class_missing_from_training():
 
 def test_score_cell_tiny_training_set_adjusts():
     X_train, y_train, X_test, y_test, classes = _separable("binary")
-    result = score_cell(
-        X_train[:6], y_train[:6], X_test, y_test, "knn", "binary", classes, seed=0
-    )
+    result = score_cell(X_train[:6], y_train[:6], X_test, y_test, "knn", "binary", classes, seed=0)
     assert "n_neighbors lowered" in result["notes"]
-    result = score_cell(
-        X_train[:6], y_train[:6], X_test, y_test, "mlp", "binary", classes, seed=0
-    )
+    result = score_cell(X_train[:6], y_train[:6], X_test, y_test, "mlp", "binary", classes, seed=0)
     assert "early_stopping off" in result["notes"]
     with pytest.raises(ValueError, match="single class"):
-        score_cell(
-            X_train[:1], y_train[:1], X_test, y_test, "cart", "binary", classes, seed=0
-        )
+        score_cell(X_train[:1], y_train[:1], X_test, y_test, "cart", "binary", classes, seed=0)

@@ -20,8 +20,12 @@ def test_minimal_config_and_shorthand():
 
 
 def test_all_errors_reported_at_once_with_valid_keys():
-    data = {**BASE, "encoders": {"text": "clip:nope", "audio": "hf:x"}, "bogus": 1,
-            "extract": {"batch_size": 0, "num_wrokers": 2}}
+    data = {
+        **BASE,
+        "encoders": {"text": "clip:nope", "audio": "hf:x"},
+        "bogus": 1,
+        "extract": {"batch_size": 0, "num_wrokers": 2},
+    }
     with pytest.raises(ConfigError) as e:
         load_config(data=data)
     msg = str(e.value)
@@ -40,8 +44,10 @@ def test_missing_required_keys():
 
 
 def test_overrides_are_typed_and_validated():
-    cfg = load_config(data=dict(BASE), overrides=["extract.batch_size=7", "ray.num_cpus=2",
-                                                  "encoders.image=efficientnet-lite0"])
+    cfg = load_config(
+        data=dict(BASE),
+        overrides=["extract.batch_size=7", "ray.num_cpus=2", "encoders.image=efficientnet-lite0"],
+    )
     assert cfg.extract.batch_size == 7 and cfg.ray.num_cpus == 2 and "image" in cfg.encoders
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(data=dict(BASE), overrides=["extract.batch_size"])

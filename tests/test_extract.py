@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_config(corpus, output, tiny, endpoint=None, **extract):
     data = {
-        "corpus": corpus, "output": output,
+        "corpus": corpus,
+        "output": output,
         "encoders": {"text": f"hf:{tiny['bert']}", "image": f"hf:{tiny['vit']}"},
         "extract": {"batch_size": 8, "max_reject_fraction": 0.5, **extract},
     }
@@ -44,10 +45,20 @@ def output_rows(store, output):
     return ids
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "parquet-paths", "webdataset", "folder-jsonl", "folder-csv"])
+@pytest.mark.parametrize(
+    "fmt", ["parquet", "parquet-paths", "webdataset", "folder-jsonl", "folder-csv"]
+)
 def test_extract_each_format_on_s3(fmt, s3_bucket, moto_server, ray_local, tiny_models):
-    store = Storage(load_config(data={"corpus": "x", "output": "y", "encoders": {"text": "minilm-l6"},
-                                      "storage": {"endpoint_url": moto_server}}).storage)
+    store = Storage(
+        load_config(
+            data={
+                "corpus": "x",
+                "output": "y",
+                "encoders": {"text": "minilm-l6"},
+                "storage": {"endpoint_url": moto_server},
+            }
+        ).storage
+    )
     corpus, output = f"{s3_bucket}/corpus", f"{s3_bucket}/run"
     n = cf.write_corpus(store, corpus, fmt)
     result = run_extract(make_config(corpus, output, tiny_models, moto_server), store)
@@ -120,11 +131,14 @@ def test_killed_run_resumes_with_every_row_once(tmp_path, tiny_models):
     corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
     n = cf.write_corpus(store, corpus, "parquet", n=120, n_shards=6)
     cfg = make_config(corpus, output, tiny_models, shards_per_wave=1, batch_size=4)
-    cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"num_cpus": 2, "object_store_memory_mb": 200})})
+    cfg = cfg.model_copy(
+        update={"ray": cfg.ray.model_copy(update={"num_cpus": 2, "object_store_memory_mb": 200})}
+    )
     path = _write_yaml(tmp_path / "job.yaml", cfg)
     cmd = [sys.executable, str(REPO / "jobs" / "extract.py"), "--config", str(path)]
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     commits = Path(output) / "embeddings" / "_commits"
     deadline = time.time() + 240
     while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
@@ -141,7 +155,8 @@ def test_killed_run_resumes_with_every_row_once(tmp_path, tiny_models):
     manifest = store.read_json(join(output, "embeddings", "_manifest.json"))
     assert manifest["complete"] and manifest["input_rows"] == n
     assert not store.exists(join(output, "embeddings", "_staging")) or not store.list_files(
-        join(output, "embeddings", "_staging"))
+        join(output, "embeddings", "_staging")
+    )
 
 
 def test_incremental_run_embeds_only_new_and_changed_rows(tmp_path, ray_local, tiny_models):
@@ -159,8 +174,9 @@ def test_incremental_run_embeds_only_new_and_changed_rows(tmp_path, ray_local, t
     # part-001 changes: one text edited, one row added; part-000 and part-002 are untouched.
     part = [dict(r) for r in items[1::3]]
     part[0]["text"] = "a blue moon"
-    part.append({"id": "r-new", "text": "the red car", "image": cf.png(3), "label": "c1",
-                 "split": "train"})
+    part.append(
+        {"id": "r-new", "text": "the red car", "image": cf.png(3), "label": "c1", "split": "train"}
+    )
     buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(part), buf)
     store.write_bytes(str(corpus / "part-001.parquet"), buf.getvalue().to_pybytes())
@@ -185,8 +201,12 @@ def test_other_encoders_are_refused_in_the_same_output(tmp_path, ray_local, tiny
     corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
     cf.write_corpus(store, corpus, "parquet", n=6, n_shards=1)
     run_extract(make_config(corpus, output, tiny_models), store)
-    other = load_config(data={**make_config(corpus, output, tiny_models).model_dump(mode="json"),
-                              "encoders": {"text": {"name": f"hf:{tiny_models['bert']}", "pooling": "cls"}}})
+    other = load_config(
+        data={
+            **make_config(corpus, output, tiny_models).model_dump(mode="json"),
+            "encoders": {"text": {"name": f"hf:{tiny_models['bert']}", "pooling": "cls"}},
+        }
+    )
     with pytest.raises(ValueError, match="holds embeddings of other encoders"):
         run_extract(other, store)
 
@@ -197,12 +217,16 @@ def test_optional_modality_missing_keeps_the_row_with_a_null(tmp_path, ray_local
     items = cf.rows(8, bad=False)
     items[2]["image"] = None
     cf.write_parquet(store, str(corpus), items, 1)
-    result = run_extract(make_config(str(corpus), output, tiny_models,
-                                     required_modalities=["text"]), store)
+    result = run_extract(
+        make_config(str(corpus), output, tiny_models, required_modalities=["text"]), store
+    )
     assert (result.embedded, result.rejected) == (8, 0)
     table = pq.read_table(tmp_path / "out" / "embeddings" / "part-000.parquet")
-    images = dict(zip(table.column("id").to_pylist(), table.column("image_embedding").to_pylist(),
-                      strict=True))
+    images = dict(
+        zip(
+            table.column("id").to_pylist(), table.column("image_embedding").to_pylist(), strict=True
+        )
+    )
     assert images["r0002"] is None and len(images["r0001"]) == 32
     emb = load_embeddings(store, output)  # a head needs every modality: the row is left out
     assert len(emb) == 7 and emb.manifest["dropped_incomplete"] == 1

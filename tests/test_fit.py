@@ -263,12 +263,18 @@ def test_skip_branch_is_the_principal_components_of_the_weighted_inputs():
     x = {"image": rng.normal(size=(300, 12)) * 40.0, "text": rng.normal(size=(300, 5))}
     x["text"][:, 0] += x["image"][:, 0] / 40.0  # shared structure across modalities
     tensors = {m: torch.from_numpy(v) for m, v in x.items()}
-    mean, weight = fit_skip(skip_moments(tensors, ["image", "text"]), {"image": 12, "text": 5}, 4, 2)
+    mean, weight = fit_skip(
+        skip_moments(tensors, ["image", "text"]), {"image": 12, "text": 5}, 4, 2
+    )
     assert mean.shape == (17,) and weight.shape == (17, 4)
 
     cat = np.concatenate([x["image"], x["text"]], axis=1)
-    w = np.concatenate([np.full(12, 1 / np.sqrt(x["image"].var(0).sum())),
-                        np.full(5, 1 / np.sqrt(x["text"].var(0).sum()))])
+    w = np.concatenate(
+        [
+            np.full(12, 1 / np.sqrt(x["image"].var(0).sum())),
+            np.full(5, 1 / np.sqrt(x["text"].var(0).sum())),
+        ]
+    )
     expected = PCA(4).fit_transform(cat * w)
     got = (cat - mean) @ weight
     for j in range(4):  # same directions, one common scale

@@ -9,8 +9,12 @@ from adapt.nightly.health import embedding_health
 
 
 def make(ids, hashes, x):
-    return Embeddings(np.array(list(ids), dtype=object), {"text": np.asarray(x, dtype=np.float32)},
-                      {"content_hash": list(hashes)}, {})
+    return Embeddings(
+        np.array(list(ids), dtype=object),
+        {"text": np.asarray(x, dtype=np.float32)},
+        {"content_hash": list(hashes)},
+        {},
+    )
 
 
 def test_healthy_when_unchanged_rows_match():

@@ -28,20 +28,36 @@ def ray_cluster(tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--object-store-memory=200000000", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-         # Own ports for every agent, so that another Ray on this machine cannot collide with it.
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-         "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--object-store-memory=200000000",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp}",
+            # Own ports for every agent, so that another Ray on this machine cannot collide with it.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        probe = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
-                               env=env, capture_output=True)
+        probe = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+        )
         if probe.returncode == 0:
             break
         if proc.poll() is not None:
@@ -63,13 +79,27 @@ def test_ray_job_submit_extract(ray_cluster, tmp_path, tiny_models):
     corpus, output = tmp_path / "corpus", tmp_path / "out"
     n = cf.write_corpus(Storage(), str(corpus), "webdataset", n=12, n_shards=2)
     config = {
-        "corpus": str(corpus), "output": str(output),
+        "corpus": str(corpus),
+        "output": str(output),
         "encoders": {"text": f"hf:{tiny_models['bert']}", "image": f"hf:{tiny_models['vit']}"},
         "extract": {"batch_size": 4, "max_reject_fraction": 0.5, "num_cpus_per_worker": 0.5},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-           "--", "python", "jobs/extract.py", "--config", str(tmp_path / "job.yaml"), "--json"]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "jobs/extract.py",
+        "--config",
+        str(tmp_path / "job.yaml"),
+        "--json",
+    ]
     for _ in range(30):
         run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         # The job server answers before its agent is up on a busy machine; that refusal is final

@@ -230,7 +230,9 @@ def test_triplet_is_exactly_zero_only_when_every_margin_is_met() -> None:
 def test_triplet_uses_chunks_for_large_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     z, labels = make_case(10, "int")
     whole = triplet_loss(z, labels)
-    monkeypatch.setattr("adapt.train.losses._TRIPLET_CHUNK_ENTRIES", 3 * 10 * 10)  # 3 anchors a chunk
+    monkeypatch.setattr(
+        "adapt.train.losses._TRIPLET_CHUNK_ENTRIES", 3 * 10 * 10
+    )  # 3 anchors a chunk
     assert triplet_loss(z, labels).item() == pytest.approx(whole.item(), abs=1e-12)
 
 

@@ -22,8 +22,15 @@ def _items(n: int, start: int = 0) -> list[dict]:
     for i in range(start, start + n):
         c = i % 3
         # Texts that say the class, so a head has something to learn from tiny encoders.
-        out.append({"id": f"r{i:04d}", "text": ["the cat", "a red dog", "blue car"][c],
-                    "image": cf.png(c), "label": f"c{c}", "split": "train"})
+        out.append(
+            {
+                "id": f"r{i:04d}",
+                "text": ["the cat", "a red dog", "blue car"][c],
+                "image": cf.png(c),
+                "label": f"c{c}",
+                "split": "train",
+            }
+        )
     return out
 
 
@@ -34,17 +41,35 @@ def _write(store, uri, rows):
 
 
 def _config(corpus, output, tiny, endpoint, **nightly):
-    return load_config(data={
-        "corpus": corpus, "output": output, "storage": {"endpoint_url": endpoint},
-        "encoders": {"text": f"hf:{tiny['bert']}", "image": f"hf:{tiny['vit']}"},
-        "extract": {"batch_size": 16},
-        "train": {"num_workers": 0, "epochs": 3, "batch_size": 32, "hidden_dims": [16],
-                  "out_dim": 8, "patience": 3, "search": None},
-        "nightly": {"probe_rows": 4, "classifiers": ["logreg"], "holdout_fraction": 0.3, **nightly},
-    })
+    return load_config(
+        data={
+            "corpus": corpus,
+            "output": output,
+            "storage": {"endpoint_url": endpoint},
+            "encoders": {"text": f"hf:{tiny['bert']}", "image": f"hf:{tiny['vit']}"},
+            "extract": {"batch_size": 16},
+            "train": {
+                "num_workers": 0,
+                "epochs": 3,
+                "batch_size": 32,
+                "hidden_dims": [16],
+                "out_dim": 8,
+                "patience": 3,
+                "search": None,
+            },
+            "nightly": {
+                "probe_rows": 4,
+                "classifiers": ["logreg"],
+                "holdout_fraction": 0.3,
+                **nightly,
+            },
+        }
+    )
 
 
-def test_two_nights_incremental_then_failure_and_lease(s3_bucket, moto_server, ray_local, tiny_models):
+def test_two_nights_incremental_then_failure_and_lease(
+    s3_bucket, moto_server, ray_local, tiny_models
+):
     corpus, output = f"{s3_bucket}/corpus", f"{s3_bucket}/adapt"
     cfg = _config(corpus, output, tiny_models, moto_server, margin=0.0, tolerance=1.0)
     store = Storage(cfg.storage)
@@ -79,7 +104,9 @@ def test_two_nights_incremental_then_failure_and_lease(s3_bucket, moto_server, r
         run_nightly(bad, store)
     assert reg.champion() == champion_before
     history = reg.history()
-    assert len(history) == 3 and history[-1]["status"] == "failed" and history[-1]["stage"] == "train"
+    assert (
+        len(history) == 3 and history[-1]["status"] == "failed" and history[-1]["stage"] == "train"
+    )
     assert not store.exists(join(output, "registry", "lease.json"))
     # ...and its finished extract is reused: the next run embeds nothing.
     third = run_nightly(cfg, store)
@@ -93,4 +120,6 @@ def test_two_nights_incremental_then_failure_and_lease(s3_bucket, moto_server, r
     finally:
         lease.release()
     assert len(reg.history()) == 4
-    assert store.exists(join(layout.version_root(output, first.version), "embeddings", "_manifest.json"))
+    assert store.exists(
+        join(layout.version_root(output, first.version), "embeddings", "_manifest.json")
+    )

@@ -20,14 +20,20 @@ from adapt.config import (
 from adapt.score.representations import CONCAT, expand_representations
 from adapt.train import heads, losses
 
-BASE = {"corpus": "c", "output": "o", "encoders": {"text": "minilm-l6", "image": "efficientnet-lite0"}}
+BASE = {
+    "corpus": "c",
+    "output": "o",
+    "encoders": {"text": "minilm-l6", "image": "efficientnet-lite0"},
+}
 
 
 def test_classifier_names_come_from_the_registry():
     assert classifiers.NAMES == tuple(classifiers.CLASSIFIERS)
     assert ScoreConfig().classifiers == list(classifiers.CLASSIFIERS)
     for name in classifiers.NAMES:  # each registered one can be asked for, alone
-        assert load_config(data={**BASE, "score": {"classifiers": [name]}}).score.classifiers == [name]
+        assert load_config(data={**BASE, "score": {"classifiers": [name]}}).score.classifiers == [
+            name
+        ]
         assert SearchConfig(probes=[name]).probes == [name]
     with pytest.raises(ConfigError, match=r"unknown classifier\(s\) \['lda'\]"):
         load_config(data={**BASE, "score": {"classifiers": ["logreg", "lda"]}})
@@ -79,17 +85,27 @@ def test_encoder_names_parse_as_the_registry_lists_them():
 
 def test_renamed_keys_name_their_new_name():
     cases = [
-        ({"train": {"val_fraction": 0.1}}, "train: val_fraction is now called early_stopping_fraction"),
+        (
+            {"train": {"val_fraction": 0.1}},
+            "train: val_fraction is now called early_stopping_fraction",
+        ),
         ({"score": {"val_fraction": 0.1}}, "score: val_fraction is now called validation_fraction"),
-        ({"train": {"search": {"holdout": 0.3}}}, "train.search: holdout is now called holdout_fraction"),
+        (
+            {"train": {"search": {"holdout": 0.3}}},
+            "train.search: holdout is now called holdout_fraction",
+        ),
     ]
     for data, message in cases:
         with pytest.raises(ConfigError) as e:
             load_config(data={**BASE, **data})
         assert message in str(e.value)
-    config = load_config(data={**BASE, "train": {"early_stopping_fraction": 0.1,
-                                                 "search": {"holdout_fraction": 0.3}},
-                               "score": {"validation_fraction": 0.1}})
+    config = load_config(
+        data={
+            **BASE,
+            "train": {"early_stopping_fraction": 0.1, "search": {"holdout_fraction": 0.3}},
+            "score": {"validation_fraction": 0.1},
+        }
+    )
     assert config.train.early_stopping_fraction == 0.1
     assert config.train.search.holdout_fraction == 0.3
     assert config.score.validation_fraction == 0.1

@@ -193,16 +193,16 @@ def test_markdown_says_what_the_in_fold_searches_chose(report):
     def fold(index, temperature):
         trials = [{"overrides": {"temperature": t}, "score": 0.5} for t in (0.1, 0.2)]
         selection = {"overrides": {"temperature": temperature}, "trials": trials}
-        return {"task": "label", "fold": index,
-                "representations": {"projected:single": {"search": selection},
-                                    "raw:text": {"dims": 8}}}
+        return {
+            "task": "label",
+            "fold": index,
+            "representations": {"projected:single": {"search": selection}, "raw:text": {"dims": 8}},
+        }
 
     searched = {**report, "folds": [fold(0, 0.2), fold(1, 0.2), fold("val0", 0.1)]}
     validate_report(searched)
     md = render_markdown(searched)
-    assert (
-        "`projected:single`: temperature=0.2 (2 of 3); temperature=0.1 (1 of 3)." in md
-    ), md
+    assert "`projected:single`: temperature=0.2 (2 of 3); temperature=0.1 (1 of 3)." in md, md
 
 
 def test_plots_are_pngs(report):

@@ -288,8 +288,10 @@ def test_in_fold_search_reads_the_folds_training_rows_only(emb):
     fixes the mode, so a grid over `mode` searches only the other keys."""
     searched = {
         **TINY_TRAIN,
-        "search": {"grid": {"lr": [1e-7, 3e-3], "mode": ["single", "per_modality"]},
-                   "min_rows": 20},
+        "search": {
+            "grid": {"lr": [1e-7, 3e-3], "mode": ["single", "per_modality"]},
+            "min_rows": 20,
+        },
     }
     config = load_config(data=make_config("o", searched, n_folds=3))
     plan = make_plan(config, emb)
@@ -297,7 +299,13 @@ def test_in_fold_search_reads_the_folds_training_rows_only(emb):
 
     def selection(features):
         built, info = build_representations(
-            features, dict(features), fold, ["projected:single"], plan.train_cfg, plan.pca_k, 0,
+            features,
+            dict(features),
+            fold,
+            ["projected:single"],
+            plan.train_cfg,
+            plan.pca_k,
+            0,
             plan.ids,
         )
         assert built[0].error is None
@@ -333,8 +341,17 @@ def test_seed_dependent_classifiers_average_several_fits(emb):
     assert y_pred.shape == (3, len(fold.test)) and row["seeds"] == [5, 1005, 2005]
     x_train, x_test = raw.matrices(fold)
     alone = [
-        score_cell(x_train, fold.y_train, x_test, fold.y_test, "mlp", "multiclass",
-                           classes, s, keep_predictions=True)
+        score_cell(
+            x_train,
+            fold.y_train,
+            x_test,
+            fold.y_test,
+            "mlp",
+            "multiclass",
+            classes,
+            s,
+            keep_predictions=True,
+        )
         for s in row["seeds"]
     ]
     assert row["macro_f1_fits"] == [a["macro_f1"] for a in alone]
@@ -423,15 +440,19 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
     assert saved["pred"][("label=c0", "projected:per_modality", "logreg", "val0")].ndim == 2
     ids = np.concatenate([saved["ids"][("label_tags", f)] for f in range(3)])
     assert sorted(ids) == sorted(map(str, emb.ids))
-    pooled = np.concatenate([saved["pred"][("label_tags", "raw:text", "knn", f)] for f in range(3)],
-                            axis=1)
+    pooled = np.concatenate(
+        [saved["pred"][("label_tags", "raw:text", "knn", f)] for f in range(3)], axis=1
+    )
     truth = np.concatenate([saved["y"][("label_tags", f)] for f in range(3)])
     # The recommendation derived again from the saved validation predictions is the run's own.
     again = quality.recommend_again(report, result.report_dir)
     assert json.loads(json.dumps(again, default=float)) == report["recommendation"]
     classes = list(report["tasks"][0]["class_counts"])
-    gain = next(g for g in report["gains"] if g["task"] == "label_tags"
-                and g["classifier"] == "knn" and g["baseline"] == "raw")
+    gain = next(
+        g
+        for g in report["gains"]
+        if g["task"] == "label_tags" and g["classifier"] == "knn" and g["baseline"] == "raw"
+    )
     assert gain["baseline_representation"] == "raw:text"
     assert gain["baseline_score"] == pytest.approx(
         metrics(truth, pooled[0], None, "multilabel", classes)["macro_f1"]
@@ -554,7 +575,8 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
     assert g["lo"] <= g["mean"] <= g["hi"]
     clfs = report["protocol"]["classifiers"]
     raw_avg = max(
-        np.mean([means[(r, c)] for c in clfs]) for r in report["protocol"]["representations"]
+        np.mean([means[(r, c)] for c in clfs])
+        for r in report["protocol"]["representations"]
         if r.startswith("raw:")
     )
     assert g["baseline_score"] == pytest.approx(raw_avg)
@@ -609,7 +631,11 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
 
     # An interval reaching zero: the best raw one stays.
     pick, note = _guarded(scores, gain(-0.01))
-    assert pick == "raw:concat" and note["kept_raw"] and note["best_on_validation"] == "projected:single"
+    assert (
+        pick == "raw:concat"
+        and note["kept_raw"]
+        and note["best_on_validation"] == "projected:single"
+    )
     assert seen == [("raw:concat", "projected:single")]  # compared against the best raw one
     # A clear gain: the learned one.
     pick, note = _guarded(scores, gain(0.005))
@@ -619,7 +645,6 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
     assert _guarded({"pca:text": 0.8, "projected:single": 0.7}, gain(-1))[0] == "pca:text"
     # No validation predictions to test on: the best one, as before.
     assert _guarded(scores, lambda b, r: None)[0] == "projected:single"
-
 
 
 def test_validation_splits_grow_until_enough_rows_are_held_out():

@@ -13,8 +13,14 @@ from adapt.train.workers import run_tune
 from tests.synthetic import buried_signal
 
 DIMS = {"text": 32, "image": 24}
-FAST = {"hidden_dims": [32], "out_dim": 16, "batch_size": 64, "epochs": 4, "torch_threads": 1,
-        "skip_pca": 0}
+FAST = {
+    "hidden_dims": [32],
+    "out_dim": 16,
+    "batch_size": 64,
+    "epochs": 4,
+    "torch_threads": 1,
+    "skip_pca": 0,
+}
 # A learning rate too small to move the head from its random start against one that trains:
 # kNN and logistic regression on a random projection of buried signal are near chance.
 LR_GRID = {"grid": {"lr": [1e-7, 1e-2]}, "probes": ["knn", "logreg"], "folds": 1}
@@ -72,9 +78,7 @@ def test_search_rows_are_a_stratified_hash_split_of_the_training_rows():
     assert np.bincount(y[held]).tolist() == [10, 10, 10, 10]  # 20% of each class
     # By id, not by position: the same ids in another order hold out the same rows.
     order = np.random.default_rng(0).permutation(200)
-    _, (shuffled,) = search.search_splits(
-        y[order], "multiclass", one, 0, [ids[i] for i in order]
-    )
+    _, (shuffled,) = search.search_splits(y[order], "multiclass", one, 0, [ids[i] for i in order])
     assert {ids[order[i]] for i in shuffled[1]} == {ids[i] for i in held}
     # A sample of at most max_rows, still stratified; k folds partition it.
     rows, splits = search.search_splits(
@@ -82,8 +86,9 @@ def test_search_rows_are_a_stratified_hash_split_of_the_training_rows():
     )
     assert len(rows) == 100 and np.bincount(y[rows]).tolist() == [25] * 4
     # A sample of the sample is itself: a caller may read only these rows and search on them.
-    again = search.sample_rows(y[rows], "multiclass", SearchConfig(max_rows=100), 0,
-                               [ids[i] for i in rows])
+    again = search.sample_rows(
+        y[rows], "multiclass", SearchConfig(max_rows=100), 0, [ids[i] for i in rows]
+    )
     assert np.array_equal(again, np.arange(100))
     # Rounding per class never takes more than max_rows.
     odd = np.repeat(np.arange(7), 31)
@@ -143,8 +148,9 @@ def test_a_failing_trial_is_recorded_and_the_others_still_decide(task, monkeypat
     failed, ok = selection.trials
     assert failed.score is None and "out of memory" in failed.error
     assert selection.overrides == {"lr": 1e-2} and ok.score is not None
-    monkeypatch.setattr(search, "fit_head", lambda *a, **k: (_ for _ in ()).throw(
-        RuntimeError("disk full")))
+    monkeypatch.setattr(
+        search, "fit_head", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
+    )
     with pytest.raises(RuntimeError, match="every search trial failed.*disk full"):
         search.select(features, labels, TrainConfig(**FAST, search=LR_GRID))
 

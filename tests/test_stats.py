@@ -71,9 +71,7 @@ def test_paired_mean_gain_ci_averages_classifiers_on_shared_draws():
     a1, b1 = _noisy_predictions(y, 0.4, 4, rng), _noisy_predictions(y, 0.1, 4, rng)
     a2, b2 = _noisy_predictions(y, 0.2, 4, rng), _noisy_predictions(y, 0.25, 4, rng)
     # One pair is exactly paired_gain_ci, same seed, same draws.
-    assert paired_mean_gain_ci(y, [a1], [b1], seed=3) == paired_gain_ci(
-        y, a1, b1, seed=3
-    )
+    assert paired_mean_gain_ci(y, [a1], [b1], seed=3) == paired_gain_ci(y, a1, b1, seed=3)
     both = paired_mean_gain_ci(y, [a1, a2], [b1, b2], seed=3)
     g1 = f1_score(y, b1, average="macro") - f1_score(y, a1, average="macro")
     g2 = f1_score(y, b2, average="macro") - f1_score(y, a2, average="macro")
@@ -108,9 +106,7 @@ def test_paired_gain_ci_averages_stacked_fits():
     f1 = lambda s: np.mean([f1_score(y, p, average="macro") for p in s])  # noqa: E731
     assert ci["mean"] == pytest.approx(f1(b) - f1(a))
     assert ci["lo"] > 0
-    assert paired_gain_ci(y, a[:1], b[:1], seed=1) == paired_gain_ci(
-        y, a[0], b[0], seed=1
-    )
+    assert paired_gain_ci(y, a[:1], b[:1], seed=1) == paired_gain_ci(y, a[0], b[0], seed=1)
     # Sides may hold different numbers of fits; a mixed classifier list averages each pair first.
     mixed = paired_mean_gain_ci(y, [a, a[0]], [b[:2], b[2]], n_boot=200)
     g1 = f1(b[:2]) - f1(a)

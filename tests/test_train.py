@@ -35,8 +35,13 @@ from tests.synthetic import buried_signal, knn_accuracy, write_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = {"text": 24, "image": 16}
-SMALL_HEAD = {"hidden_dims": [32], "out_dim": 16, "batch_size": 64, "torch_threads": 1,
-              "search": None}
+SMALL_HEAD = {
+    "hidden_dims": [32],
+    "out_dim": 16,
+    "batch_size": 64,
+    "torch_threads": 1,
+    "search": None,
+}
 # Two learning rates: one too small to move the head from its random start, one that trains.
 LR_SEARCH = {"grid": {"lr": [1e-7, 1e-2]}, "cpus_per_trial": 0.5}
 

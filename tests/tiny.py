@@ -9,8 +9,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "cat", "dog", "red", "blue",
-         "the", "face", "smile", "flag", "car", "tree", "sun", "moon"]
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "b",
+    "c",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "the",
+    "face",
+    "smile",
+    "flag",
+    "car",
+    "tree",
+    "sun",
+    "moon",
+]
 
 
 def make_bert(root: Path) -> str:
@@ -20,8 +40,14 @@ def make_bert(root: Path) -> str:
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
     BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(path)
     return str(path)
 
@@ -30,8 +56,14 @@ def make_vit(root: Path) -> str:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     path = root / "tiny-vit"
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=37)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+    )
     ViTModel(config).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return str(path)
@@ -40,12 +72,27 @@ def make_vit(root: Path) -> str:
 def make_clip_config(root: Path) -> str:
     """An open_clip model config small enough to build in milliseconds."""
     path = root / "adapt-tiny-clip.json"
-    path.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "vision_cfg": {
+                    "image_size": 32,
+                    "layers": 1,
+                    "width": 32,
+                    "patch_size": 8,
+                    "head_width": 16,
+                },
+                "text_cfg": {
+                    "context_length": 16,
+                    "vocab_size": 49408,
+                    "width": 32,
+                    "heads": 2,
+                    "layers": 1,
+                },
+            }
+        )
+    )
     return str(path)
 
 

@@ -42,14 +42,22 @@ def write_corpus(path: str, modality: str, rows: int, files: int = 8) -> None:
     os.makedirs(path, exist_ok=True)
     for f in range(files):
         idx = range(f, rows, files)
-        pq.write_table(pa.table({
-            "id": [f"r{i:07d}" for i in idx], modality: [values[i] for i in idx],
-            "label": ["x"] * len(idx),
-        }), os.path.join(path, f"part-{f:03d}.parquet"))
+        pq.write_table(
+            pa.table(
+                {
+                    "id": [f"r{i:07d}" for i in idx],
+                    modality: [values[i] for i in idx],
+                    "label": ["x"] * len(idx),
+                }
+            ),
+            os.path.join(path, f"part-{f:03d}.parquet"),
+        )
 
 
 def bare_throughput(encoder, items: list, batch_size: int) -> float:
-    batches = [encoder.preprocess(items[i: i + batch_size]) for i in range(0, len(items), batch_size)]
+    batches = [
+        encoder.preprocess(items[i : i + batch_size]) for i in range(0, len(items), batch_size)
+    ]
     import torch
 
     with torch.inference_mode():
@@ -60,15 +68,27 @@ def bare_throughput(encoder, items: list, batch_size: int) -> float:
         return len(items) / (time.perf_counter() - t)
 
 
-def pipeline_time(modality: str, encoder_name: str, rows: int, batch_size: int, threads: int,
-                  root: str) -> float:
-    corpus, output = os.path.join(root, f"c-{modality}-{rows}"), os.path.join(root, f"o-{modality}-{rows}")
+def pipeline_time(
+    modality: str, encoder_name: str, rows: int, batch_size: int, threads: int, root: str
+) -> float:
+    corpus, output = (
+        os.path.join(root, f"c-{modality}-{rows}"),
+        os.path.join(root, f"o-{modality}-{rows}"),
+    )
     write_corpus(corpus, modality, rows)
-    cfg = load_config(data={
-        "corpus": corpus, "output": output, "encoders": {modality: encoder_name},
-        "extract": {"batch_size": batch_size, "num_workers": 1, "num_cpus_per_worker": 1,
-                    "torch_threads": threads},
-    })
+    cfg = load_config(
+        data={
+            "corpus": corpus,
+            "output": output,
+            "encoders": {modality: encoder_name},
+            "extract": {
+                "batch_size": batch_size,
+                "num_workers": 1,
+                "num_cpus_per_worker": 1,
+                "torch_threads": threads,
+            },
+        }
+    )
     t = time.perf_counter()
     result = run_extract(cfg, Storage())
     elapsed = time.perf_counter() - t
@@ -94,10 +114,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     names = {"image": "efficientnet-lite0", "text": "minilm-l6"}
-    ray.init(num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False)
-    report = {"rows": args.rows, "batch_size": args.batch_size, "threads": args.threads,
-              "cpus": os.cpu_count(), "results": {}}
+    ray.init(
+        num_cpus=2,
+        object_store_memory=512 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    report = {
+        "rows": args.rows,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "results": {},
+    }
     root = tempfile.mkdtemp(prefix="adapt-bench-")
     try:
         for modality in args.modalities.split(","):
@@ -106,13 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
             items = [decode_image(v) for v in raw] if modality == "image" else raw
             bare = bare_throughput(encoder, items, args.batch_size)
             small = max(args.batch_size * 4, args.rows // 4)
-            t_big, timings = pipeline_time(modality, names[modality], args.rows, args.batch_size,
-                                           args.threads, root)
-            t_small, _ = pipeline_time(modality, names[modality], small, args.batch_size,
-                                       args.threads, root)
+            t_big, timings = pipeline_time(
+                modality, names[modality], args.rows, args.batch_size, args.threads, root
+            )
+            t_small, _ = pipeline_time(
+                modality, names[modality], small, args.batch_size, args.threads, root
+            )
             steady = (args.rows - small) / max(1e-9, t_big - t_small)
             report["results"][modality] = {
-                "encoder": names[modality], "bare_rows_per_s": round(bare, 1),
+                "encoder": names[modality],
+                "bare_rows_per_s": round(bare, 1),
                 "pipeline_rows_per_s": round(steady, 1),
                 "pipeline_end_to_end_rows_per_s": round(args.rows / t_big, 1),
                 "pipeline_startup_s": round(t_big - args.rows / steady, 1),
@@ -122,12 +154,18 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\nextract efficiency ({args.rows} rows, batch {args.batch_size}, {args.threads} threads)")
-    print(f"{'modality':8} {'encoder':20} {'bare r/s':>9} {'pipeline r/s':>13} {'ratio':>6} "
-          f"{'end-to-end r/s':>15} {'start-up s':>10}")
+    print(
+        f"\nextract efficiency ({args.rows} rows, batch {args.batch_size}, {args.threads} threads)"
+    )
+    print(
+        f"{'modality':8} {'encoder':20} {'bare r/s':>9} {'pipeline r/s':>13} {'ratio':>6} "
+        f"{'end-to-end r/s':>15} {'start-up s':>10}"
+    )
     for m, r in report["results"].items():
-        print(f"{m:8} {r['encoder']:20} {r['bare_rows_per_s']:9.1f} {r['pipeline_rows_per_s']:13.1f} "
-              f"{r['ratio']:6.3f} {r['pipeline_end_to_end_rows_per_s']:15.1f} {r['pipeline_startup_s']:10.1f}")
+        print(
+            f"{m:8} {r['encoder']:20} {r['bare_rows_per_s']:9.1f} {r['pipeline_rows_per_s']:13.1f} "
+            f"{r['ratio']:6.3f} {r['pipeline_end_to_end_rows_per_s']:15.1f} {r['pipeline_startup_s']:10.1f}"
+        )
     for m, r in report["results"].items():
         print(f"  {m} pipeline seconds by part: {r['worker_seconds']}")
     save_report(args.out, report)

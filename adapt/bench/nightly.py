@@ -39,15 +39,21 @@ def main(argv: list[str] | None = None) -> dict:
     base, new = table.slice(0, table.num_rows - n_new), table.slice(table.num_rows - n_new)
     os.makedirs(corpus)
     for i in range(4):
-        pq.write_table(base.take(list(range(i, base.num_rows, 4))), os.path.join(corpus, f"part-{i:03d}.parquet"))
-    cfg = load_config(data={
-        "corpus": corpus, "output": output,
-        "encoders": {"text": "minilm-l6", "image": "efficientnet-lite0"},
-        "ray": {"num_cpus": 2, "object_store_memory_mb": 512},
-        "extract": {"batch_size": 64, "torch_threads": 2},
-        "train": {"num_workers": 0, "epochs": 20, "patience": 3},
-        "nightly": {"classifiers": ["logreg", "knn"]},
-    })
+        pq.write_table(
+            base.take(list(range(i, base.num_rows, 4))),
+            os.path.join(corpus, f"part-{i:03d}.parquet"),
+        )
+    cfg = load_config(
+        data={
+            "corpus": corpus,
+            "output": output,
+            "encoders": {"text": "minilm-l6", "image": "efficientnet-lite0"},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 512},
+            "extract": {"batch_size": 64, "torch_threads": 2},
+            "train": {"num_workers": 0, "epochs": 20, "patience": 3},
+            "nightly": {"classifiers": ["logreg", "knn"]},
+        }
+    )
     store = Storage()
     try:
         full = run_nightly(cfg, store)
@@ -57,19 +63,30 @@ def main(argv: list[str] | None = None) -> dict:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     report = {
-        "rows": table.num_rows, "new_rows": n_new,
-        "full": {"wall_s": round(full.wall_s, 1), "embedded": full.embedded_now,
-                 "stages_s": {k: round(v, 1) for k, v in full.stage_s.items()}},
-        "incremental": {"wall_s": round(night.wall_s, 1), "embedded": night.embedded_now,
-                        "stages_s": {k: round(v, 1) for k, v in night.stage_s.items()}},
+        "rows": table.num_rows,
+        "new_rows": n_new,
+        "full": {
+            "wall_s": round(full.wall_s, 1),
+            "embedded": full.embedded_now,
+            "stages_s": {k: round(v, 1) for k, v in full.stage_s.items()},
+        },
+        "incremental": {
+            "wall_s": round(night.wall_s, 1),
+            "embedded": night.embedded_now,
+            "stages_s": {k: round(v, 1) for k, v in night.stage_s.items()},
+        },
     }
     report["wall_ratio"] = round(night.wall_s / full.wall_s, 3)
     report["extract_ratio"] = round(night.stage_s["extract"] / full.stage_s["extract"], 3)
     print(f"\nnightly cost, {table.num_rows} rows, {n_new} new ({args.new_fraction:.0%})")
     for name in ("full", "incremental"):
         r = report[name]
-        print(f"  {name:12} {r['wall_s']:7.1f} s  embedded {r['embedded']:6d}  stages {r['stages_s']}")
-    print(f"  incremental / full: wall {report['wall_ratio']:.3f}, extract {report['extract_ratio']:.3f}")
+        print(
+            f"  {name:12} {r['wall_s']:7.1f} s  embedded {r['embedded']:6d}  stages {r['stages_s']}"
+        )
+    print(
+        f"  incremental / full: wall {report['wall_ratio']:.3f}, extract {report['extract_ratio']:.3f}"
+    )
     save_report(args.out, report)
     return report
 

@@ -34,8 +34,11 @@ SCHEME_MODALITIES = {
     "torchvision": ("image",),
 }
 VALID_FORMS = (
-    "open_clip:ARCH[@PRETRAINED]", "hf:MODEL_ID_OR_DIR", "timm:ARCH[@WEIGHTS_FILE]",
-    "torchvision:ARCH[@WEIGHTS_FILE]", *ALIASES,
+    "open_clip:ARCH[@PRETRAINED]",
+    "hf:MODEL_ID_OR_DIR",
+    "timm:ARCH[@WEIGHTS_FILE]",
+    "torchvision:ARCH[@WEIGHTS_FILE]",
+    *ALIASES,
 )
 
 
@@ -127,6 +130,10 @@ def static_fingerprint(spec, modality: str) -> dict:
     if arch.endswith(".json") and os.path.isfile(arch):
         arch = "sha256:" + sha256_file(arch)
     return {
-        "modality": modality, "scheme": name.scheme, "arch": arch, "weights": weights,
-        "options": spec.model_dump(exclude={"name"}), "versions": library_versions(),
+        "modality": modality,
+        "scheme": name.scheme,
+        "arch": arch,
+        "weights": weights,
+        "options": spec.model_dump(exclude={"name"}),
+        "versions": library_versions(),
     }

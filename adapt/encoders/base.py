@@ -26,7 +26,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("extract.device is 'cuda' but this worker sees no GPU; use 'auto' or 'cpu'")
+        raise RuntimeError(
+            "extract.device is 'cuda' but this worker sees no GPU; use 'auto' or 'cpu'"
+        )
     return device
 
 
@@ -49,7 +51,9 @@ def sha256_file(path: str) -> str:
     return _sha256_cached(os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
-def sha256_weights_dir(path: str, suffixes=(".safetensors", ".bin", ".pth", ".pt", ".json", ".txt")) -> str:
+def sha256_weights_dir(
+    path: str, suffixes=(".safetensors", ".bin", ".pth", ".pt", ".json", ".txt")
+) -> str:
     """One hash over the weight and tokenizer files of a model folder (names and contents)."""
     digest = hashlib.sha256()
     for root, dirs, files in sorted(os.walk(path)):

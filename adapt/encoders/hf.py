@@ -48,7 +48,9 @@ class HFTextEncoder(Encoder):
         # Sentence-embedding models are trained with mean pooling; CLS is BERT's own convention.
         self.pooling = spec.pooling or "mean"
         if self.pooling == "pooled":
-            raise ValueError("pooling 'pooled' is for vision models; for text use cls, mean or last")
+            raise ValueError(
+                "pooling 'pooled' is for vision models; for text use cls, mean or last"
+            )
         self.dim = int(self.model.config.hidden_size)
         self._weights = _weights_id(name.model, self.model)
 
@@ -56,18 +58,25 @@ class HFTextEncoder(Encoder):
         return self._weights
 
     def preprocess_description(self) -> str:
-        return f"{type(self.tokenizer).__name__}(max_length={self.spec.max_length}, truncation=True)"
+        return (
+            f"{type(self.tokenizer).__name__}(max_length={self.spec.max_length}, truncation=True)"
+        )
 
     def preprocess(self, items: list[str]):
         # Pad to the longest row of the batch, not to max_length: most texts are short.
         return self.tokenizer(
-            items, padding=True, truncation=True, max_length=self.spec.max_length,
+            items,
+            padding=True,
+            truncation=True,
+            max_length=self.spec.max_length,
             return_tensors="pt",
         ).to(self.device)
 
     def forward(self, inputs) -> np.ndarray:
         out = self.model(**inputs)
-        return self._finish(pool_tokens(out.last_hidden_state, inputs["attention_mask"], self.pooling))
+        return self._finish(
+            pool_tokens(out.last_hidden_state, inputs["attention_mask"], self.pooling)
+        )
 
 
 class HFVisionEncoder(Encoder):

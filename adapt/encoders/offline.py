@@ -81,12 +81,17 @@ def unpack_split_zip(parts: list[Path], folder: str, target: Path) -> None:
             with zipfile.ZipFile(joined) as z:
                 bad = z.testzip()
         except (zipfile.BadZipFile, OSError, ValueError, zlib.error) as e:
-            raise RuntimeError(f"{folder}: the {len(parts)} parts do not join into a zip: {e}") from e
+            raise RuntimeError(
+                f"{folder}: the {len(parts)} parts do not join into a zip: {e}"
+            ) from e
         if bad is not None:
             raise RuntimeError(f"{folder}: the joined zip is corrupt at {bad}")
         with zipfile.ZipFile(joined) as z:
-            names = [n for n in z.namelist() if n.startswith(f"{folder}/")
-                     and not n.endswith(("/", "desktop.ini"))]
+            names = [
+                n
+                for n in z.namelist()
+                if n.startswith(f"{folder}/") and not n.endswith(("/", "desktop.ini"))
+            ]
             z.extractall(work / "unpacked", members=names)
         src = work / "unpacked" / folder
         if not (src / "model.safetensors").exists():

@@ -29,8 +29,13 @@ def export(model: torch.nn.Module, key: str, size: int) -> str:
     model = model.to(memory_format=torch.contiguous_format).float().eval()
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
-            model, torch.zeros(2, 3, size, size), tmp, input_names=["pixels"],
-            output_names=["features"], dynamic_axes={"pixels": {0: "batch"}}, opset_version=17,
+            model,
+            torch.zeros(2, 3, size, size),
+            tmp,
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}},
+            opset_version=17,
             dynamo=False,
         )
     os.replace(tmp, path)  # concurrent workers may both export; the rename keeps one whole file

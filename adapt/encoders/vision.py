@@ -58,8 +58,16 @@ class VisionEncoder(Encoder):
 
     modality = "image"
 
-    def __init__(self, name, spec, device="cpu", dtype="float32", mean=None, std=None,
-                 input_size: int | None = None):
+    def __init__(
+        self,
+        name,
+        spec,
+        device="cpu",
+        dtype="float32",
+        mean=None,
+        std=None,
+        input_size: int | None = None,
+    ):
         super().__init__(name, spec, device, dtype)
         self.pooling = "pooled"
         if name.scheme == "timm":
@@ -122,8 +130,10 @@ class VisionEncoder(Encoder):
 
     def preprocess_description(self) -> str:
         resize = int(round(self.size / self.crop_pct))
-        return (f"rgb; resize shorter side {resize} bicubic and center crop {self.size} in one pass; "
-                f"mean {self.mean}; std {self.std}")
+        return (
+            f"rgb; resize shorter side {resize} bicubic and center crop {self.size} in one pass; "
+            f"mean {self.mean}; std {self.std}"
+        )
 
     def crop_box(self, w: int, h: int) -> tuple[float, float, float, float]:
         """The source region that 'resize shorter side to size/crop_pct, center crop size' keeps."""
@@ -144,8 +154,9 @@ class VisionEncoder(Encoder):
         batch = np.empty((len(items), 3, self.size, self.size), dtype=np.uint8)
         for i, img in enumerate(items):
             img = img.convert("RGB")
-            resized = img.resize((self.size, self.size), Image.Resampling.BICUBIC,
-                                 box=self.crop_box(*img.size))
+            resized = img.resize(
+                (self.size, self.size), Image.Resampling.BICUBIC, box=self.crop_box(*img.size)
+            )
             batch[i] = np.asarray(resized).transpose(2, 0, 1)
         x = torch.from_numpy(batch).float()
         # (x / 255 - mean) / std as one multiply-add per channel.

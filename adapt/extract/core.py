@@ -46,8 +46,9 @@ def _prepare(modality: str, value):
         return None, f"corrupt image: {type(e).__name__}: {e}"[:300]
 
 
-def embed_batch(encoders: dict, table: pa.Table, required: list[str],
-                timings: dict | None = None) -> pa.Table:
+def embed_batch(
+    encoders: dict, table: pa.Table, required: list[str], timings: dict | None = None
+) -> pa.Table:
     """Embed one batch. Returns every input row: embeddings where possible, `_error` otherwise.
 
     A row is rejected when it already carries a read error, when a required modality is missing,
@@ -57,12 +58,21 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str],
     """
     t_decode = time.perf_counter()
     n = table.num_rows
-    errors = table.column(readers.ERROR).to_pylist() if readers.ERROR in table.column_names else [None] * n
-    reuse = (table.column(readers.REUSE).to_pylist() if readers.REUSE in table.column_names
-             else [False] * n)
+    errors = (
+        table.column(readers.ERROR).to_pylist()
+        if readers.ERROR in table.column_names
+        else [None] * n
+    )
+    reuse = (
+        table.column(readers.REUSE).to_pylist()
+        if readers.REUSE in table.column_names
+        else [False] * n
+    )
     items: dict[str, list] = {}
     for modality in sorted(encoders):
-        column = table.column(modality).to_pylist() if modality in table.column_names else [None] * n
+        column = (
+            table.column(modality).to_pylist() if modality in table.column_names else [None] * n
+        )
         prepared = []
         for i, value in enumerate(column):
             if errors[i] is not None or reuse[i]:
@@ -76,7 +86,9 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str],
     if timings is not None:
         timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t_decode
     keep = (schema.ID, schema.SPLIT, schema.CONTENT_HASH, readers.SHARD, readers.REUSE)
-    out = {c: table.column(c) for c in table.column_names if c.startswith(schema.LABEL) or c in keep}
+    out = {
+        c: table.column(c) for c in table.column_names if c.startswith(schema.LABEL) or c in keep
+    }
     for modality, encoder in sorted(encoders.items()):
         rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
         vectors = encoder.embed([items[modality][i] for i in rows], timings)
@@ -90,6 +102,7 @@ def embed_batch(encoders: dict, table: pa.Table, required: list[str],
         valid[rows] = True
         flat = pa.array(full.reshape(-1), pa.float32())
         out[schema.embedding_column(modality)] = pa.FixedSizeListArray.from_arrays(
-            flat, encoder.dim, mask=pa.array(~valid))
+            flat, encoder.dim, mask=pa.array(~valid)
+        )
     out[readers.ERROR] = pa.array(errors, pa.string())
     return pa.table(out)

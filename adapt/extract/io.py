@@ -47,9 +47,18 @@ def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.
     timings["write_s"] += time.perf_counter() - t0
     # Batch timings ride on the first piece's row only, so they add up once.
     summary["timings"] = [json.dumps(timings)] + [None] * (len(summary["shard"]) - 1)
-    return pa.table(dict(summary), schema=pa.schema([
-        ("shard", pa.string()), ("piece", pa.string()), ("rows", pa.int64()),
-        ("fingerprints", pa.string()), ("timings", pa.string())]))
+    return pa.table(
+        dict(summary),
+        schema=pa.schema(
+            [
+                ("shard", pa.string()),
+                ("piece", pa.string()),
+                ("rows", pa.int64()),
+                ("fingerprints", pa.string()),
+                ("timings", pa.string()),
+            ]
+        ),
+    )
 
 
 def _variable_lists(table: pa.Table) -> pa.Table:
@@ -87,13 +96,22 @@ def _copy_reused(rows: pa.Table, previous: pa.Table | None, modalities: list[str
     for modality in modalities:
         name = schema.embedding_column(modality)
         if name in rows.column_names:
-            rows = rows.set_column(rows.column_names.index(name), name,
-                                   previous.column(name).take(take))
+            rows = rows.set_column(
+                rows.column_names.index(name), name, previous.column(name).take(take)
+            )
     return rows
 
 
-def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list[str],
-                 expected_rows: int, fingerprints: dict, lineage: dict, signature: dict) -> dict:
+def commit_shard(
+    store: Storage,
+    output: str,
+    shard: readers.Shard,
+    pieces: list[str],
+    expected_rows: int,
+    fingerprints: dict,
+    lineage: dict,
+    signature: dict,
+) -> dict:
     """Merge a shard's staged pieces into its output files, then write its commit record."""
     emb_uri = layout.embeddings_file(output, shard.key)
     rej_uri = layout.rejects_file(output, shard.key)
@@ -106,25 +124,43 @@ def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list
             f"{expected_rows}; nothing was committed for it, re-run to redo it"
         )
     record = {
-        "shard": shard.key, "source": shard.uri, "source_signature": signature,
-        "encoders_id": lineage["encoders_id"], "input_rows": expected_rows, "embedded": 0,
-        "newly_embedded": 0, "reused": 0, "rejected": 0, "fingerprints": fingerprints,
+        "shard": shard.key,
+        "source": shard.uri,
+        "source_signature": signature,
+        "encoders_id": lineage["encoders_id"],
+        "input_rows": expected_rows,
+        "embedded": 0,
+        "newly_embedded": 0,
+        "reused": 0,
+        "rejected": 0,
+        "fingerprints": fingerprints,
     }
     if table is not None and total:
         failed = table.column(readers.ERROR).is_valid()
-        reused = pc.and_(pc.invert(failed), pc.fill_null(table.column(readers.REUSE), False)) \
-            if readers.REUSE in table.column_names else pa.array([False] * total)
+        reused = (
+            pc.and_(pc.invert(failed), pc.fill_null(table.column(readers.REUSE), False))
+            if readers.REUSE in table.column_names
+            else pa.array([False] * total)
+        )
         fresh = table.filter(pc.and_(pc.invert(failed), pc.invert(reused)))
         again = table.filter(reused)
         if again.num_rows:
-            previous = _variable_lists(store.read_parquet(emb_uri)) if store.exists(emb_uri) else None
+            previous = (
+                _variable_lists(store.read_parquet(emb_uri)) if store.exists(emb_uri) else None
+            )
             again = _copy_reused(again, previous, sorted(fingerprints))
         drop = [c for c in (readers.ERROR, readers.REUSE) if c in table.column_names]
         ok = pa.concat_tables([fresh.drop_columns(drop), again.drop_columns(drop)])
         bad = table.filter(failed)
-        record.update(embedded=ok.num_rows, newly_embedded=fresh.num_rows, reused=again.num_rows,
-                      rejected=bad.num_rows)
-        meta = {LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True, default=str).encode()}
+        record.update(
+            embedded=ok.num_rows,
+            newly_embedded=fresh.num_rows,
+            reused=again.num_rows,
+            rejected=bad.num_rows,
+        )
+        meta = {
+            LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True, default=str).encode()
+        }
         if ok.num_rows:
             ok = schema.storable(_fixed_lists(ok, fingerprints))
             store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
@@ -132,12 +168,15 @@ def commit_shard(store: Storage, output: str, shard: readers.Shard, pieces: list
         else:
             store.delete(emb_uri)
         if bad.num_rows:
-            rejects = pa.table({
-                schema.ID: bad.column(schema.ID),
-                schema.REASON: bad.column(readers.ERROR),
-                schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
-                "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
-            }, schema=schema.REJECTS_SCHEMA)
+            rejects = pa.table(
+                {
+                    schema.ID: bad.column(schema.ID),
+                    schema.REASON: bad.column(readers.ERROR),
+                    schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
+                    "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
+                },
+                schema=schema.REJECTS_SCHEMA,
+            )
             store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
             record["rejects_file"] = rej_uri
         else:
@@ -167,7 +206,9 @@ def check_same_encoders(store: Storage, output: str, encoders_id: str) -> None:
 
 
 def _records(store: Storage, output: str, shards: list[readers.Shard]) -> list[dict]:
-    return [r for s in shards if (r := store.read_json_or_none(layout.commit_record(output, s.key)))]
+    return [
+        r for s in shards if (r := store.read_json_or_none(layout.commit_record(output, s.key)))
+    ]
 
 
 def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], lineage: dict):
@@ -183,7 +224,10 @@ def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], 
         "encoders_id": lineage["encoders_id"],
     }
     manifest = {
-        **lineage, **totals, "complete": True, "shards": records,
+        **lineage,
+        **totals,
+        "complete": True,
+        "shards": records,
         "schema": {m: schema.embedding_column(m) for m in sorted(config.encoders)},
         "written_at": datetime.now(UTC).isoformat(),
     }

@@ -52,7 +52,11 @@ class Shard:
 
 def shard_key(root: str, uri: str, suffix: str = "") -> str:
     """A file-name-safe key from a path relative to the corpus root."""
-    rel = uri[len(root.rstrip("/")) + 1:] if uri.startswith(root.rstrip("/") + "/") else posixpath.basename(uri)
+    rel = (
+        uri[len(root.rstrip("/")) + 1 :]
+        if uri.startswith(root.rstrip("/") + "/")
+        else posixpath.basename(uri)
+    )
     stem = re.sub(r"\.(parquet|tar|jsonl|csv)$", "", rel)
     return re.sub(r"[^A-Za-z0-9._-]+", "__", stem) + suffix
 
@@ -85,7 +89,9 @@ def _manifest_rows(store: Storage, uri: str) -> list[dict]:
     return rows
 
 
-def list_shards(store: Storage, corpus: str, fmt: str = "auto", manifest: str | None = None) -> list[Shard]:
+def list_shards(
+    store: Storage, corpus: str, fmt: str = "auto", manifest: str | None = None
+) -> list[Shard]:
     """The corpus as a sorted list of shards."""
     fmt = detect_format(store, corpus) if fmt == "auto" else fmt
     if fmt == "parquet":
@@ -96,12 +102,18 @@ def list_shards(store: Storage, corpus: str, fmt: str = "auto", manifest: str | 
         shards = [Shard(f, fmt, shard_key(corpus, f)) for f in files]
     elif fmt == "folder":
         if manifest:
-            mfile = manifest if is_remote(manifest) or manifest.startswith("/") else join(corpus, manifest)
+            mfile = (
+                manifest
+                if is_remote(manifest) or manifest.startswith("/")
+                else join(corpus, manifest)
+            )
             manifests = [mfile]
         else:
             manifests = store.list_files(corpus, MANIFEST_SUFFIXES, recursive=False)
         if not manifests:
-            raise CorpusError(f"format folder: no manifest .jsonl/.csv in {corpus!r}; set extract.manifest")
+            raise CorpusError(
+                f"format folder: no manifest .jsonl/.csv in {corpus!r}; set extract.manifest"
+            )
         shards = []
         for mfile in manifests:
             if not store.exists(mfile):
@@ -123,6 +135,7 @@ def list_shards(store: Storage, corpus: str, fmt: str = "auto", manifest: str | 
 
 # -- reading one shard ---------------------------------------------------------------------------
 
+
 def _label_value(value):
     if value is None or isinstance(value, str):
         return value
@@ -142,13 +155,21 @@ def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
             cols[k].append(r.get(k))
     cols[SHARD] = [shard.key] * len(rows)
     cols[schema.CONTENT_HASH] = [content_hash(r) for r in rows]
-    types = {schema.ID: pa.string(), schema.TEXT: pa.string(), schema.IMAGE: pa.binary(),
-             ERROR: pa.string(), SHARD: pa.string(), schema.SPLIT: pa.string()}
+    types = {
+        schema.ID: pa.string(),
+        schema.TEXT: pa.string(),
+        schema.IMAGE: pa.binary(),
+        ERROR: pa.string(),
+        SHARD: pa.string(),
+        schema.SPLIT: pa.string(),
+    }
     arrays = {}
     for k, v in cols.items():
         if k.startswith(schema.LABEL):
             v = [_label_value(x) for x in v]
-            arrays[k] = pa.array(v, pa.list_(pa.string()) if any(isinstance(x, list) for x in v) else pa.string())
+            arrays[k] = pa.array(
+                v, pa.list_(pa.string()) if any(isinstance(x, list) for x in v) else pa.string()
+            )
         else:
             arrays[k] = pa.array(v, types.get(k, pa.string()))
     return pa.table(arrays)
@@ -210,15 +231,23 @@ def _check_ids(rows: list[dict], shard: Shard) -> None:
         r[schema.ID] = str(r[schema.ID])
 
 
-def _read_parquet(store: Storage, shard: Shard, corpus: str, max_rows: int | None) -> Iterator[list[dict]]:
+def _read_parquet(
+    store: Storage, shard: Shard, corpus: str, max_rows: int | None
+) -> Iterator[list[dict]]:
     pf = store.parquet_file(shard.uri)
     names = set(pf.schema_arrow.names)
     if schema.ID not in names:
         raise CorpusError(f"{shard.uri} has no `{schema.ID}` column; columns: {sorted(names)}")
     if not names & {schema.TEXT, schema.IMAGE, schema.IMAGE_PATH}:
-        raise CorpusError(f"{shard.uri} has none of text, image, image_path; columns: {sorted(names)}")
-    wanted = [n for n in pf.schema_arrow.names if n in (schema.ID, schema.TEXT, schema.IMAGE,
-              schema.IMAGE_PATH, schema.SPLIT) or n.startswith(schema.LABEL)]
+        raise CorpusError(
+            f"{shard.uri} has none of text, image, image_path; columns: {sorted(names)}"
+        )
+    wanted = [
+        n
+        for n in pf.schema_arrow.names
+        if n in (schema.ID, schema.TEXT, schema.IMAGE, schema.IMAGE_PATH, schema.SPLIT)
+        or n.startswith(schema.LABEL)
+    ]
     seen = 0
     for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted):
         rows = batch.to_pylist()
@@ -230,7 +259,9 @@ def _read_parquet(store: Storage, shard: Shard, corpus: str, max_rows: int | Non
         yield rows
 
 
-def _read_webdataset(store: Storage, shard: Shard, corpus: str, max_rows: int | None) -> Iterator[list[dict]]:
+def _read_webdataset(
+    store: Storage, shard: Shard, corpus: str, max_rows: int | None
+) -> Iterator[list[dict]]:
     """img2dataset layout: members KEY.jpg / KEY.txt / KEY.json grouped by KEY."""
     samples: dict[str, dict] = {}
     order: list[str] = []
@@ -253,24 +284,32 @@ def _read_webdataset(store: Storage, shard: Shard, corpus: str, max_rows: int | 
                 meta = json.loads(parts["json"])
             except json.JSONDecodeError:
                 meta = {ERROR: "corrupt json sidecar"}
-        row = {k: v for k, v in meta.items() if k.startswith(schema.LABEL) or k in (schema.SPLIT, ERROR)}
+        row = {
+            k: v
+            for k, v in meta.items()
+            if k.startswith(schema.LABEL) or k in (schema.SPLIT, ERROR)
+        }
         row[schema.ID] = str(meta.get("id") or meta.get("key") or key)
         image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
         text = next((parts[e] for e in TEXT_EXTS if e in parts), None)
         row[schema.IMAGE] = image
-        row[schema.TEXT] = text.decode("utf-8", errors="replace") if text is not None else meta.get("caption")
+        row[schema.TEXT] = (
+            text.decode("utf-8", errors="replace") if text is not None else meta.get("caption")
+        )
         rows.append(row)
     for i in range(0, len(rows), READ_BATCH_ROWS):
-        yield rows[i: i + READ_BATCH_ROWS]
+        yield rows[i : i + READ_BATCH_ROWS]
 
 
-def _read_manifest(store: Storage, shard: Shard, corpus: str, max_rows: int | None) -> Iterator[list[dict]]:
-    rows = _manifest_rows(store, shard.uri)[shard.start: shard.stop]
+def _read_manifest(
+    store: Storage, shard: Shard, corpus: str, max_rows: int | None
+) -> Iterator[list[dict]]:
+    rows = _manifest_rows(store, shard.uri)[shard.start : shard.stop]
     if max_rows is not None:
         rows = rows[:max_rows]
     base = posixpath.dirname(shard.uri) if is_remote(shard.uri) else shard.uri.rsplit("/", 1)[0]
     for i in range(0, len(rows), READ_BATCH_ROWS):
-        chunk = [dict(r) for r in rows[i: i + READ_BATCH_ROWS]]
+        chunk = [dict(r) for r in rows[i : i + READ_BATCH_ROWS]]
         for r in chunk:
             for k, v in list(r.items()):
                 if k.startswith(schema.LABEL) and isinstance(v, str) and v.startswith("["):
@@ -285,7 +324,9 @@ def _read_manifest(store: Storage, shard: Shard, corpus: str, max_rows: int | No
 READERS = {"parquet": _read_parquet, "webdataset": _read_webdataset, "folder": _read_manifest}
 
 
-def read_shard(store: Storage, shard: Shard, corpus: str, max_rows: int | None = None) -> Iterator[pa.Table]:
+def read_shard(
+    store: Storage, shard: Shard, corpus: str, max_rows: int | None = None
+) -> Iterator[pa.Table]:
     """Yield the shard's rows as normalised Arrow tables of up to READ_BATCH_ROWS rows."""
     for rows in READERS[shard.format](store, shard, corpus, max_rows):
         _check_ids(rows, shard)

@@ -54,8 +54,10 @@ class ExtractResult:
     timings: dict = field(default_factory=dict)
 
     def describe(self) -> str:
-        dims = ", ".join(f"{m} {fp.get('dim')}-d ({fp.get('encoder')})"
-                         for m, fp in sorted(self.fingerprints.items()))
+        dims = ", ".join(
+            f"{m} {fp.get('dim')}-d ({fp.get('encoder')})"
+            for m, fp in sorted(self.fingerprints.items())
+        )
         return (
             f"extract: {self.input_rows} rows from {self.shards} shards "
             f"({self.skipped_shards} already done) in {self.wall_s:.1f} s\n"
@@ -222,7 +224,9 @@ def _run_wave(
     counted = dict(zip(expected_refs, ray.get(list(expected_refs.values())), strict=True))
     for sh in wave_shards:
         if sh.key not in counted:
-            counted[sh.key] = store.read_json(layout.wave_count(config.output, wave, sh.key))["rows"]
+            counted[sh.key] = store.read_json(layout.wave_count(config.output, wave, sh.key))[
+                "rows"
+            ]
     done = ray.get(
         [
             commit_task.remote(
@@ -249,7 +253,9 @@ def encoders_fingerprint_id(config: Config) -> str:
     from adapt.encoders import static_fingerprint
     from adapt.encoders.base import fingerprint_id
 
-    return fingerprint_id({m: static_fingerprint(spec, m) for m, spec in sorted(config.encoders.items())})
+    return fingerprint_id(
+        {m: static_fingerprint(spec, m) for m, spec in sorted(config.encoders.items())}
+    )
 
 
 def _check_budget(config: Config, seen: int, rejected: int) -> None:

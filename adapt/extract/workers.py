@@ -15,16 +15,29 @@ from adapt.storage import Storage
 META = "_meta"
 
 
-def read_shards(batch: pa.Table, store: Storage, shards: list, previous: dict, corpus: str,
-                    max_rows, output: str, wave: str):
+def read_shards(
+    batch: pa.Table,
+    store: Storage,
+    shards: list,
+    previous: dict,
+    corpus: str,
+    max_rows,
+    output: str,
+    wave: str,
+):
     for i in batch.column("i").to_pylist():
         shard = shards[i]
         known: dict[str, str] = {}
         if shard.key in previous and store.exists(previous[shard.key]):
             old = store.read_parquet(previous[shard.key])
             if schema.CONTENT_HASH in old.column_names:
-                known = dict(zip(old.column(schema.ID).to_pylist(),
-                                 old.column(schema.CONTENT_HASH).to_pylist(), strict=True))
+                known = dict(
+                    zip(
+                        old.column(schema.ID).to_pylist(),
+                        old.column(schema.CONTENT_HASH).to_pylist(),
+                        strict=True,
+                    )
+                )
         rows = 0
         for table in readers.read_shard(store, shard, corpus, max_rows):
             rows += table.num_rows
@@ -49,8 +62,9 @@ class EmbedWorker:
             modality: build_encoder(spec, modality, device=ext.device, dtype=ext.dtype)
             for modality, spec in sorted(config.encoders.items())
         }
-        self.fingerprints = json.dumps({m: e.fingerprint() for m, e in self.encoders.items()},
-                                       sort_keys=True)
+        self.fingerprints = json.dumps(
+            {m: e.fingerprint() for m, e in self.encoders.items()}, sort_keys=True
+        )
 
     def __call__(self, table: pa.Table) -> pa.Table:
         timings: dict[str, float] = {}

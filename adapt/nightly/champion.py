@@ -36,14 +36,21 @@ class Lease:
     store: Storage
     uri: str
     ttl_s: float = 6 * 3600.0
-    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    owner: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
     held: bool = False
 
     def _body(self) -> bytes:
         now = _now()
-        return json.dumps({"owner": self.owner, "acquired_at": now, "expires_at": now + self.ttl_s,
-                           "expires_at_utc": datetime.fromtimestamp(now + self.ttl_s, UTC).isoformat()}
-                          ).encode()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "acquired_at": now,
+                "expires_at": now + self.ttl_s,
+                "expires_at_utc": datetime.fromtimestamp(now + self.ttl_s, UTC).isoformat(),
+            }
+        ).encode()
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0) -> Lease:
         """Take the lease, waiting up to `wait_s` for a live holder; raise LeaseHeld otherwise."""
@@ -72,7 +79,9 @@ class Lease:
     def renew(self) -> None:
         holder = self.store.read_json_or_none(self.uri)
         if not holder or holder.get("owner") != self.owner:
-            raise LeaseHeld(f"lost the lease {self.uri} (now held by {holder and holder.get('owner')})")
+            raise LeaseHeld(
+                f"lost the lease {self.uri} (now held by {holder and holder.get('owner')})"
+            )
         self.store.write_bytes(self.uri, self._body())
 
     def release(self) -> None:
@@ -121,8 +130,9 @@ class Registry:
         return [self.store.read_json(f) for f in files]
 
 
-def decide(champion: dict[str, float] | None, challenger: dict[str, float], margin: float,
-           tolerance: float) -> dict:
+def decide(
+    champion: dict[str, float] | None, challenger: dict[str, float], margin: float, tolerance: float
+) -> dict:
     """Champion/challenger rule over per-task scores (higher is better), on the same held-out rows.
 
     Promote when there is no champion, or when the challenger's mean over tasks beats the
@@ -134,17 +144,34 @@ def decide(champion: dict[str, float] | None, challenger: dict[str, float], marg
         return {"promote": True, "reason": "no champion yet", "challenger": challenger}
     tasks = sorted(set(champion) & set(challenger))
     if not tasks:
-        return {"promote": True, "reason": "no task in common with the champion; the challenger "
-                "scores the current tasks", "challenger": challenger, "champion": champion}
+        return {
+            "promote": True,
+            "reason": "no task in common with the champion; the challenger "
+            "scores the current tasks",
+            "challenger": challenger,
+            "champion": champion,
+        }
     deltas = {t: challenger[t] - champion[t] for t in tasks}
     mean_gain = sum(deltas.values()) / len(tasks)
     worst = min(deltas, key=deltas.get)
-    numbers = {"champion": champion, "challenger": challenger, "deltas": deltas,
-               "mean_gain": mean_gain, "margin": margin, "tolerance": tolerance}
+    numbers = {
+        "champion": champion,
+        "challenger": challenger,
+        "deltas": deltas,
+        "mean_gain": mean_gain,
+        "margin": margin,
+        "tolerance": tolerance,
+    }
     if deltas[worst] < -tolerance:
-        return {"promote": False, **numbers,
-                "reason": f"task {worst} drops by {-deltas[worst]:.4f} > tolerance {tolerance}"}
+        return {
+            "promote": False,
+            **numbers,
+            "reason": f"task {worst} drops by {-deltas[worst]:.4f} > tolerance {tolerance}",
+        }
     if mean_gain < margin:
-        return {"promote": False, **numbers,
-                "reason": f"mean gain {mean_gain:+.4f} is below the margin {margin}"}
+        return {
+            "promote": False,
+            **numbers,
+            "reason": f"mean gain {mean_gain:+.4f} is below the margin {margin}",
+        }
     return {"promote": True, **numbers, "reason": f"mean gain {mean_gain:+.4f} >= margin {margin}"}

@@ -19,31 +19,56 @@ DRIFT_COSINE = 0.999
 
 def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row of `a` with the same row of `b`."""
-    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return np.sum(a * b, axis=1) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+    )
 
 
 def norm_stats(x: np.ndarray) -> dict:
     norms = np.linalg.norm(x, axis=1)
-    return {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()),
-            "max": float(norms.max())} if len(norms) else {}
+    return (
+        {
+            "mean": float(norms.mean()),
+            "std": float(norms.std()),
+            "min": float(norms.min()),
+            "max": float(norms.max()),
+        }
+        if len(norms)
+        else {}
+    )
 
 
 def embedding_health(current: Embeddings, previous: Embeddings | None = None) -> dict:
     """Per modality: NaN/inf counts, norm statistics, and cosine similarity of unchanged rows."""
     report: dict = {"rows": len(current), "modalities": {}, "flags": []}
     same: tuple[np.ndarray, np.ndarray] | None = None
-    if previous is not None and schema.CONTENT_HASH in current.columns \
-            and schema.CONTENT_HASH in previous.columns:
-        old = {(i, h): k for k, (i, h) in enumerate(zip(previous.ids, previous.columns[schema.CONTENT_HASH],
-                                                         strict=True))}
-        pairs = [(k, old[(i, h)]) for k, (i, h) in enumerate(zip(current.ids, current.columns[schema.CONTENT_HASH],
-                                                                   strict=True)) if (i, h) in old]
+    if (
+        previous is not None
+        and schema.CONTENT_HASH in current.columns
+        and schema.CONTENT_HASH in previous.columns
+    ):
+        old = {
+            (i, h): k
+            for k, (i, h) in enumerate(
+                zip(previous.ids, previous.columns[schema.CONTENT_HASH], strict=True)
+            )
+        }
+        pairs = [
+            (k, old[(i, h)])
+            for k, (i, h) in enumerate(
+                zip(current.ids, current.columns[schema.CONTENT_HASH], strict=True)
+            )
+            if (i, h) in old
+        ]
         if pairs:
             same = (np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
     for modality, x in sorted(current.features.items()):
         finite = np.isfinite(x)
-        entry = {"nan": int(np.isnan(x).sum()), "inf": int(np.isinf(x).sum()),
-                 "norms": norm_stats(np.where(finite, x, 0.0))}
+        entry = {
+            "nan": int(np.isnan(x).sum()),
+            "inf": int(np.isinf(x).sum()),
+            "norms": norm_stats(np.where(finite, x, 0.0)),
+        }
         if entry["nan"] or entry["inf"]:
             report["flags"].append(f"{modality}: {entry['nan']} NaN and {entry['inf']} inf values")
         if same is not None and modality in previous.features:
@@ -51,12 +76,17 @@ def embedding_health(current: Embeddings, previous: Embeddings | None = None) ->
             cos = row_cosine(a, b)
             drifted = int((cos < DRIFT_COSINE).sum())
             entry["unchanged_rows"] = int(len(cos))
-            entry["cosine_to_previous"] = {"min": float(cos.min()), "mean": float(cos.mean()),
-                                           "drifted": drifted, "threshold": DRIFT_COSINE}
+            entry["cosine_to_previous"] = {
+                "min": float(cos.min()),
+                "mean": float(cos.mean()),
+                "drifted": drifted,
+                "threshold": DRIFT_COSINE,
+            }
             if drifted:
                 report["flags"].append(
                     f"{modality}: {drifted} of {len(cos)} unchanged rows moved (cosine < "
-                    f"{DRIFT_COSINE}); the encoder is not deterministic or changed unnoticed")
+                    f"{DRIFT_COSINE}); the encoder is not deterministic or changed unnoticed"
+                )
         report["modalities"][modality] = entry
     report["healthy"] = not report["flags"]
     return report

@@ -48,8 +48,15 @@ from adapt.train.stage import run_train
 log = logging.getLogger("adapt.nightly")
 
 
-def compare_on_holdout(emb: Embeddings, project, tasks: list[ScoreTask], classifiers: list[str],
-                       fraction: float, metric: str, seed: int = 0) -> dict:
+def compare_on_holdout(
+    emb: Embeddings,
+    project,
+    tasks: list[ScoreTask],
+    classifiers: list[str],
+    fraction: float,
+    metric: str,
+    seed: int = 0,
+) -> dict:
     """Per task: the metric averaged over classifiers, fitted on projected non-held-out rows and
     scored on held-out rows. `project(emb) -> [rows, d]` applies a head to these embeddings."""
     x = project(emb)
@@ -65,8 +72,16 @@ def compare_on_holdout(emb: Embeddings, project, tasks: list[ScoreTask], classif
             raise ValueError(f"task {spec.task_name}: no held-out or no training rows")
         values = []
         for clf in classifiers:
-            cell = score_cell(x[train], task.y[pos_train], x[test], task.y[pos_test], clf,
-                                      task.task_type, task.classes, seed)
+            cell = score_cell(
+                x[train],
+                task.y[pos_train],
+                x[test],
+                task.y[pos_test],
+                clf,
+                task.task_type,
+                task.classes,
+                seed,
+            )
             values.append(cell[metric])
         out[spec.task_name] = float(np.mean(values))
     return out
@@ -102,7 +117,9 @@ class NightlyResult:
         return "\n".join(lines)
 
 
-def _probe_health(config: Config, store: Storage, emb: Embeddings, previous: Embeddings | None) -> dict:
+def _probe_health(
+    config: Config, store: Storage, emb: Embeddings, previous: Embeddings | None
+) -> dict:
     """Health of tonight's embeddings, plus a re-embedding of a few rows to check determinism."""
     report = embedding_health(emb, previous)
     n = config.nightly.probe_rows
@@ -110,12 +127,15 @@ def _probe_health(config: Config, store: Storage, emb: Embeddings, previous: Emb
         return report
     import ray
 
-
-    shard = readers.list_shards(store, config.corpus, config.extract.format, config.extract.manifest)[0]
+    shard = readers.list_shards(
+        store, config.corpus, config.extract.format, config.extract.manifest
+    )[0]
     table = next(readers.read_shard(store, shard, config.corpus, n))
 
-    @ray.remote(num_cpus=min(1.0, config.extract.num_cpus_per_worker),
-                num_gpus=config.extract.num_gpus_per_worker or None)
+    @ray.remote(
+        num_cpus=min(1.0, config.extract.num_cpus_per_worker),
+        num_gpus=config.extract.num_gpus_per_worker or None,
+    )
     def probe(cfg, t):
         return EmbedWorker(cfg)(t)
 
@@ -124,16 +144,24 @@ def _probe_health(config: Config, store: Storage, emb: Embeddings, previous: Emb
     sims = {}
     for modality in emb.features:
         column = fresh.column(f"{modality}_embedding").to_pylist()
-        pairs = [(np.asarray(v, np.float32), emb.features[modality][position[i]])
-                 for i, v in zip(fresh.column("id").to_pylist(), column, strict=True)
-                 if v is not None and i in position]
+        pairs = [
+            (np.asarray(v, np.float32), emb.features[modality][position[i]])
+            for i, v in zip(fresh.column("id").to_pylist(), column, strict=True)
+            if v is not None and i in position
+        ]
         if pairs:
             a, b = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
             cos = row_cosine(a, b)
-            sims[modality] = {"rows": len(pairs), "min": float(cos.min()), "mean": float(cos.mean())}
+            sims[modality] = {
+                "rows": len(pairs),
+                "min": float(cos.min()),
+                "mean": float(cos.mean()),
+            }
             if cos.min() < DRIFT_COSINE:
-                report["flags"].append(f"{modality}: re-embedding {len(pairs)} stored rows gave cosine "
-                                       f"{cos.min():.5f} < {DRIFT_COSINE}: outputs are not reproducible")
+                report["flags"].append(
+                    f"{modality}: re-embedding {len(pairs)} stored rows gave cosine "
+                    f"{cos.min():.5f} < {DRIFT_COSINE}: outputs are not reproducible"
+                )
     report["probe"] = sims
     report["healthy"] = not report["flags"]
     return report
@@ -172,8 +200,11 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
 
         stage = "train"
         t = time.perf_counter()
-        train_ids = [str(i) for i, h in zip(emb.ids, fixed_holdout_mask(emb.ids, nc.holdout_fraction),
-                                             strict=True) if not h]
+        train_ids = [
+            str(i)
+            for i, h in zip(emb.ids, fixed_holdout_mask(emb.ids, nc.holdout_fraction), strict=True)
+            if not h
+        ]
         trained = run_train(vconfig, store, train_ids=train_ids)
         stage_s["train"] = time.perf_counter() - t
         lease.renew()
@@ -182,39 +213,91 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
         t = time.perf_counter()
         tasks = config.score.tasks
         challenger_head = load_head(trained.head, store)
-        challenger = compare_on_holdout(emb, lambda e: challenger_head(e.features), tasks,
-                                        nc.classifiers, nc.holdout_fraction, nc.metric)
+        challenger = compare_on_holdout(
+            emb,
+            lambda e: challenger_head(e.features),
+            tasks,
+            nc.classifiers,
+            nc.holdout_fraction,
+            nc.metric,
+        )
         champion_scores = None
         if champion:
             champ_head = load_head(champion["head"], store)
-            champ_emb = emb if champion.get("encoders_id") == encoders_id else \
-                load_embeddings(store, layout.version_root(config.output, champion["encoders_id"]))
-            champion_scores = compare_on_holdout(champ_emb, lambda e: champ_head(e.features), tasks,
-                                                 nc.classifiers, nc.holdout_fraction, nc.metric)
+            champ_emb = (
+                emb
+                if champion.get("encoders_id") == encoders_id
+                else load_embeddings(
+                    store, layout.version_root(config.output, champion["encoders_id"])
+                )
+            )
+            champion_scores = compare_on_holdout(
+                champ_emb,
+                lambda e: champ_head(e.features),
+                tasks,
+                nc.classifiers,
+                nc.holdout_fraction,
+                nc.metric,
+            )
         if nc.score_report:
             run_score(vconfig, store)
         stage_s["compare"] = time.perf_counter() - t
 
         stage = "promote"
         decision = decide(champion_scores, challenger, nc.margin, nc.tolerance)
-        decision.update(run_id=run_id, status="ok", head=trained.head, encoders_id=encoders_id,
-                        metric=nc.metric, classifiers=nc.classifiers, health=health,
-                        rows={"input": extracted.input_rows, "embedded_now": extracted.embedded_now,
-                              "holdout": int(fixed_holdout_mask(emb.ids, nc.holdout_fraction).sum())},
-                        previous_champion=champion and champion.get("head"), stage_s=stage_s)
+        decision.update(
+            run_id=run_id,
+            status="ok",
+            head=trained.head,
+            encoders_id=encoders_id,
+            metric=nc.metric,
+            classifiers=nc.classifiers,
+            health=health,
+            rows={
+                "input": extracted.input_rows,
+                "embedded_now": extracted.embedded_now,
+                "holdout": int(fixed_holdout_mask(emb.ids, nc.holdout_fraction).sum()),
+            },
+            previous_champion=champion and champion.get("head"),
+            stage_s=stage_s,
+        )
         if decision["promote"]:
-            registry.promote({"head": trained.head, "run_id": run_id, "encoders_id": encoders_id,
-                              "scores": challenger, "metric": nc.metric,
-                              "promoted_at": datetime.now(UTC).isoformat()})
+            registry.promote(
+                {
+                    "head": trained.head,
+                    "run_id": run_id,
+                    "encoders_id": encoders_id,
+                    "scores": challenger,
+                    "metric": nc.metric,
+                    "promoted_at": datetime.now(UTC).isoformat(),
+                }
+            )
         history_uri = registry.record(decision)
-        return NightlyResult(run_id, decision["promote"], decision, encoders_id,
-                             extracted.embedded_now, extracted.input_rows, health,
-                             time.perf_counter() - t0, stage_s, history_uri)
+        return NightlyResult(
+            run_id,
+            decision["promote"],
+            decision,
+            encoders_id,
+            extracted.embedded_now,
+            extracted.input_rows,
+            health,
+            time.perf_counter() - t0,
+            stage_s,
+            history_uri,
+        )
     except Exception as e:
-        registry.record({"run_id": run_id, "status": "failed", "stage": stage, "promote": False,
-                         "reason": f"{type(e).__name__}: {e}", "stage_s": stage_s,
-                         "traceback": traceback.format_exc(limit=8),
-                         "champion": champion and champion.get("head")})
+        registry.record(
+            {
+                "run_id": run_id,
+                "status": "failed",
+                "stage": stage,
+                "promote": False,
+                "reason": f"{type(e).__name__}: {e}",
+                "stage_s": stage_s,
+                "traceback": traceback.format_exc(limit=8),
+                "champion": champion and champion.get("head"),
+            }
+        )
         log.error("nightly %s failed in %s; the champion is unchanged", run_id, stage)
         raise
     finally:

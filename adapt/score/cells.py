@@ -279,7 +279,8 @@ def _mean_of_fits(fits: list[dict]) -> dict[str, Any]:
         values = [f[key] for f in fits]
         out[key] = None if any(v is None for v in values) else float(np.mean(values))
     out["per_class_f1"] = {
-        c: None if any(f["per_class_f1"][c] is None for f in fits)
+        c: None
+        if any(f["per_class_f1"][c] is None for f in fits)
         else float(np.mean([f["per_class_f1"][c] for f in fits]))
         for c in fits[0]["per_class_f1"]
     }

@@ -113,7 +113,9 @@ def read_predictions(store: Storage, report_dir: str) -> dict[str, dict]:
     "ids": {(task, fold): row ids}, "y": {(task, fold): true labels}}; folds as in report rows
     (int for outer folds, "val<i>[.<j>]" for validation splits)."""
     out: dict[str, dict] = {"pred": {}, "ids": {}, "y": {}}
-    with np.load(io.BytesIO(store.read_bytes(layout.report_file(report_dir, layout.PREDICTIONS_FILE)))) as npz:
+    with np.load(
+        io.BytesIO(store.read_bytes(layout.report_file(report_dir, layout.PREDICTIONS_FILE)))
+    ) as npz:
         for name in npz.files:
             kind, *key = name.split(_SEP)
             fold = key[-1]

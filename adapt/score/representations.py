@@ -49,7 +49,9 @@ def expand_representations(
             variants = [variant] if variant else [*modalities, *([CONCAT] if multi else [])]
         elif family == PROJECTED:
             # With one modality the two head layouts are the same head.
-            variants = [variant] if variant else list(PROJECTED_MODES if multi else PROJECTED_MODES[:1])
+            variants = (
+                [variant] if variant else list(PROJECTED_MODES if multi else PROJECTED_MODES[:1])
+            )
         else:
             raise ValueError(f"unknown representation {name!r}")
         for v in variants:

@@ -84,14 +84,20 @@ class Pool:
 
     @classmethod
     def from_folds(cls, task: Task, folds: list[Fold], preds: dict) -> Pool:
-        return cls(task.name, {f.label: f.y_test for f in folds}, preds, task.task_type, task.classes)
+        return cls(
+            task.name, {f.label: f.y_test for f in folds}, preds, task.task_type, task.classes
+        )
 
     @classmethod
     def from_saved(cls, saved: dict, task: str, kind: str) -> Pool:
         """From `adapt.score.io.read_predictions`: the outer folds (kind "test") or the inner
         validation splits (kind "validation") of one task."""
         outer = kind == "test"
-        y_true = {f: y for (name, f), y in saved["y"].items() if name == task and isinstance(f, int) == outer}
+        y_true = {
+            f: y
+            for (name, f), y in saved["y"].items()
+            if name == task and isinstance(f, int) == outer
+        }
         return cls(task, y_true, saved["pred"])
 
     def folds_with(self, representations: list[str], classifiers: list[str]) -> list:
@@ -128,8 +134,12 @@ class Pool:
         ci = paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
         out = {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
         if scores:
-            out["candidate_score"] = float(np.mean([self.score(y_true, p, sc.metric) for p in pred_b]))
-            out["baseline_score"] = float(np.mean([self.score(y_true, p, sc.metric) for p in pred_a]))
+            out["candidate_score"] = float(
+                np.mean([self.score(y_true, p, sc.metric) for p in pred_b])
+            )
+            out["baseline_score"] = float(
+                np.mean([self.score(y_true, p, sc.metric) for p in pred_a])
+            )
         return out
 
 
@@ -153,7 +163,9 @@ def _averaged(
 
 def _table(means: list[dict], task: str, metric: str) -> dict[tuple[str, str], float | None]:
     """(representation, classifier) -> a task's mean metric over folds."""
-    return {(m["representation"], m["classifier"]): m.get(metric) for m in means if m["task"] == task}
+    return {
+        (m["representation"], m["classifier"]): m.get(metric) for m in means if m["task"] == task
+    }
 
 
 def gains(
@@ -271,7 +283,11 @@ def recommend(
         pool = (pools or {}).get(task)
         n_val, per_fold = validation_layout(list(pool.y_true) if pool else [])
         n_val = n_val or sc.validation_folds
-        pooled = f" ({sum(len(y) for y in pool.y_true.values())} rows pooled)" if pool and pool.y_true else ""
+        pooled = (
+            f" ({sum(len(y) for y in pool.y_true.values())} rows pooled)"
+            if pool and pool.y_true
+            else ""
+        )
         basis = (
             f"Chosen on validation scores only: {per_fold} inner validation split(s), each "
             f"holding out {sc.validation_fraction:.0%} of the training rows, of {n_val} outer "
@@ -290,6 +306,7 @@ def recommend(
                 "basis": "no validation cells (score.validation_folds is 0)",
             }
             continue
+
         def gain(group: list[str], pool: Pool | None = pool) -> Callable[[str, str], dict | None]:
             if pool is None:
                 return lambda base, rep: None
@@ -328,7 +345,12 @@ def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -
     pools = {t.name: Pool.from_folds(t, validation_folds(plan, t.name), preds) for t in plan.tasks}
     recommendation = (
         recommend(
-            [t.name for t in plan.tasks], val_means, plan.representations, plan.classifiers, sc, pools
+            [t.name for t in plan.tasks],
+            val_means,
+            plan.representations,
+            plan.classifiers,
+            sc,
+            pools,
         )
         if sc.validation_folds
         else {}

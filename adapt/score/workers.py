@@ -47,7 +47,9 @@ class Cell:
     seeds: list[int]
 
 
-def run_cells(plan: ScorePlan, executor: LocalExecutor | RayExecutor, progress: Progress | None = None) -> Outcome:
+def run_cells(
+    plan: ScorePlan, executor: LocalExecutor | RayExecutor, progress: Progress | None = None
+) -> Outcome:
     """Every cell of the plan, through `executor`; rows come back in submission order."""
     built, infos, samples = [], [], {}
     start = time.perf_counter()
@@ -178,8 +180,14 @@ class RayExecutor:
         # A dict of refs travels as refs (only top-level ref arguments are fetched), so the
         # representations it returns can point at the shared raw arrays instead of copying.
         refs = self.prepare_task.remote(
-            self.handles, fold_ref, p.representations, p.train_cfg, p.pca_k, p.seed,
-            self.ids_ref, self.threads,
+            self.handles,
+            fold_ref,
+            p.representations,
+            p.train_cfg,
+            p.pca_k,
+            p.seed,
+            self.ids_ref,
+            self.threads,
         )
         return fold_ref, dict(zip(p.representations, refs[:-1], strict=True)), refs[-1]
 

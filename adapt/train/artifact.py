@@ -123,7 +123,11 @@ def write_latest(store: Storage, output: str, run_id: str, card: dict) -> str:
     uri = layout.latest_head(output)
     store.write_json(
         uri,
-        {"run_id": run_id, "head": layout.head_dir(output, run_id), "created_at": card.get("created_at")},
+        {
+            "run_id": run_id,
+            "head": layout.head_dir(output, run_id),
+            "created_at": card.get("created_at"),
+        },
     )
     return uri
 

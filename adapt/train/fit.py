@@ -340,7 +340,9 @@ def train_epochs(
         )
         loss_sum, steps, skipped = 0.0, 0, 0
         for index in batches:
-            loss, valid, stepped = _step(model, optimizer, *train.rows(index), cfg, collective, gather)
+            loss, valid, stepped = _step(
+                model, optimizer, *train.rows(index), cfg, collective, gather
+            )
             if stepped and state.first_step_at is None:
                 state.first_step_at = time.time()
             loss_sum += loss

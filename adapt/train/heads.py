@@ -223,7 +223,11 @@ class MultiHead(nn.Module):
                     )
 
         total = sum(in_dims.values())
-        if isinstance(skip_dim, bool) or not isinstance(skip_dim, int) or not 0 <= skip_dim <= total:
+        if (
+            isinstance(skip_dim, bool)
+            or not isinstance(skip_dim, int)
+            or not 0 <= skip_dim <= total
+        ):
             raise ValueError(
                 f"skip_dim must be an int from 0 to the input width {total}, got {skip_dim!r}"
             )

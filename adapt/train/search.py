@@ -120,9 +120,7 @@ def sample_rows(
     n = len(y)
     if n <= sc.max_rows:
         return np.arange(n)
-    keep = np.flatnonzero(
-        holdout_mask(y, task_type, sc.max_rows / n, seed + SAMPLE_SALT, ids)
-    )
+    keep = np.flatnonzero(holdout_mask(y, task_type, sc.max_rows / n, seed + SAMPLE_SALT, ids))
     if len(keep) > sc.max_rows:  # per-class rounding can overshoot by a few rows
         keys = row_keys(keep if ids is None else [ids[i] for i in keep], seed + SAMPLE_SALT)
         keep = np.sort(keep[np.argsort(keys, kind="stable")[: sc.max_rows]])
@@ -222,8 +220,9 @@ def run_local(data: TrialData) -> list[Trial]:
     out = []
     for i in range(len(data.trials)):
         out.append(run_trial(data, i))
-        log.info("search: trial %d/%d %s: %s", i + 1, len(data.trials), data.trials[i],
-                 out[-1].score)
+        log.info(
+            "search: trial %d/%d %s: %s", i + 1, len(data.trials), data.trials[i], out[-1].score
+        )
     return out
 
 

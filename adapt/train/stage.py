@@ -246,7 +246,9 @@ def run_train(
         "mode": mode,
         "resumed_from": state.resumed_from,
         "stopped_early": state.stopped_early,
-        "checkpoints": layout.checkpoints_dir(config.output, plan.run_id) if not cfg.is_local else None,
+        "checkpoints": layout.checkpoints_dir(config.output, plan.run_id)
+        if not cfg.is_local
+        else None,
         "timings": timings,
         # The settings above are the ones the head was fitted with: the search's choice when a
         # search ran (its grid, trials and scores here).

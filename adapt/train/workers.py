@@ -310,8 +310,12 @@ def _tune_trainable(config: dict[str, Any], data: TrialData, threads: int) -> No
     from ray import tune
 
     trial = run_trial(data, int(config["trial"]), torch_threads=threads)
-    tune.report({"score": trial.score if trial.score is not None else float("-inf"),
-                 "trial_json": json.dumps(asdict(trial))})
+    tune.report(
+        {
+            "score": trial.score if trial.score is not None else float("-inf"),
+            "trial_json": json.dumps(asdict(trial)),
+        }
+    )
 
 
 def _quietly(fit: Callable[[], Any]) -> Any:
@@ -338,9 +342,7 @@ def run_tune(cpus_per_trial: float = 1.0) -> Runner:
         from ray import tune
 
         trainable = tune.with_resources(
-            tune.with_parameters(
-                _tune_trainable, data=data, threads=max(1, int(cpus_per_trial))
-            ),
+            tune.with_parameters(_tune_trainable, data=data, threads=max(1, int(cpus_per_trial))),
             {"cpu": cpus_per_trial},
         )
         # Tune's experiment folder holds only its bookkeeping (the results come back here):

@@ -111,8 +111,9 @@ def _splits_note(protocol: dict) -> str:
     if not any(n > 1 for n in splits.values()):
         return ""
     each = ", ".join(f"{task} {n}" for task, n in splits.items())
-    return (f"; inner splits per fold, until {protocol.get('validation_rows')} validation rows: "
-            f"{each}")
+    return (
+        f"; inner splits per fold, until {protocol.get('validation_rows')} validation rows: {each}"
+    )
 
 
 def _search_lines(report: dict) -> list[str]:

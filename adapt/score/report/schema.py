@@ -185,8 +185,10 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "validation_folds": {"type": "integer"},
                 "validation_fraction": {"type": "number"},
                 "validation_rows": {"type": "integer"},
-                "validation_splits": {"type": "object",
-                                      "additionalProperties": {"type": "integer"}},
+                "validation_splits": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                },
                 "classifier_seeds": {"type": "integer", "minimum": 1},
                 "seed_dependent": {"type": "array", "items": {"type": "string"}},
                 "pca_k": {"type": "integer"},
