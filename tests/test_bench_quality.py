@@ -7,16 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from adapt.bench.quality import (
+from adapt.bench.quality import _without, corpus_output, main, split_run_id
+from adapt.bench.quality_tables import (
     _cell_interval,
-    _without,
     averaged_table,
     bar_table,
     check_bar,
     combine_splits,
-    corpus_output,
-    main,
-    split_run_id,
     splits_table,
 )
 

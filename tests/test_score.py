@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from adapt import cli
-from adapt.bench import quality
+from adapt.bench import quality_tables
 from adapt.bench.score import synthetic_embeddings, write_embeddings
 from adapt.classifiers import CLASSIFIERS
 from adapt.config import ConfigError, ScoreConfig, load_config
@@ -445,7 +445,7 @@ def test_multilabel_and_one_vs_rest_end_to_end_local(tmp_path, corpus, emb):
     )
     truth = np.concatenate([saved["y"][("label_tags", f)] for f in range(3)])
     # The recommendation derived again from the saved validation predictions is the run's own.
-    again = quality.recommend_again(report, result.report_dir)
+    again = quality_tables.recommend_again(report, result.report_dir)
     assert json.loads(json.dumps(again, default=float)) == report["recommendation"]
     classes = list(report["tasks"][0]["class_counts"])
     gain = next(

@@ -80,6 +80,8 @@ def check_modality(name: EncoderName, modality: str) -> None:
 
 def build_encoder(spec, modality: str, device: str = "cpu", dtype: str = "float32"):
     """Load the encoder `spec` (an EncoderSpec) for `modality`; heavy, call once per worker."""
+    # Each scheme's module is imported only when one is built here: they import torch and their
+    # model libraries, which parsing a name at config load does without.
     name = parse_name(spec.name)
     check_modality(name, modality)
     if name.scheme == "alias":
@@ -109,6 +111,7 @@ def static_fingerprint(spec, modality: str) -> dict:
     """
     import os
 
+    # Imported here, as in build_encoder: adapt.encoders.base imports torch.
     from adapt.encoders.base import library_versions, sha256_file, sha256_weights_dir
 
     name = parse_name(spec.name)

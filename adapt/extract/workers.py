@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from adapt import layout, schema
 from adapt.config import Config
+from adapt.encoders import build_encoder
 from adapt.extract import readers
 from adapt.extract.core import embed_batch
 from adapt.storage import Storage
@@ -54,8 +55,6 @@ class EmbedWorker:
 
         if threads:
             torch.set_num_threads(threads)
-        from adapt.encoders import build_encoder
-
         ext = config.extract
         self.required = config.required_modalities
         self.encoders = {

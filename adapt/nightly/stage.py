@@ -167,8 +167,23 @@ def _probe_health(
     return report
 
 
-def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
+def _scores(config: Config, store: Storage, head_uri: str, emb: Embeddings) -> dict:
+    """A head's scores per task on the night's held-out rows of `emb` (`compare_on_holdout`)."""
+    nc = config.nightly
+    head = load_head(head_uri, store)
+    return compare_on_holdout(
+        emb,
+        lambda e: head(e.features),
+        config.score.tasks,
+        nc.classifiers,
+        nc.holdout_fraction,
+        nc.metric,
+    )
 
+
+def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
+    """One night: extract what is new, check its health, retrain, compare the challenger with the
+    champion on the same held-out rows, promote only if it wins; every decision is recorded."""
     t0 = time.perf_counter()
     store = store or Storage(config.storage)
     nc = config.nightly
@@ -211,19 +226,9 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
 
         stage = "compare"
         t = time.perf_counter()
-        tasks = config.score.tasks
-        challenger_head = load_head(trained.head, store)
-        challenger = compare_on_holdout(
-            emb,
-            lambda e: challenger_head(e.features),
-            tasks,
-            nc.classifiers,
-            nc.holdout_fraction,
-            nc.metric,
-        )
+        challenger = _scores(config, store, trained.head, emb)
         champion_scores = None
         if champion:
-            champ_head = load_head(champion["head"], store)
             champ_emb = (
                 emb
                 if champion.get("encoders_id") == encoders_id
@@ -231,14 +236,7 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
                     store, layout.version_root(config.output, champion["encoders_id"])
                 )
             )
-            champion_scores = compare_on_holdout(
-                champ_emb,
-                lambda e: champ_head(e.features),
-                tasks,
-                nc.classifiers,
-                nc.holdout_fraction,
-                nc.metric,
-            )
+            champion_scores = _scores(config, store, champion["head"], champ_emb)
         if nc.score_report:
             run_score(vconfig, store)
         stage_s["compare"] = time.perf_counter() - t
