@@ -54,6 +54,14 @@ class StorageConfig(Strict):
     )
     region: str | None = None
     anon: bool = Field(False, description="Anonymous access (public buckets).")
+    max_attempts: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Attempts of one S3 request on a transient error (throttling, a 5xx, a reset "
+        "connection), with backoff: botocore's adaptive retry mode and s3fs's own retries. Past "
+        "them the error fails the task (Ray retries it) and never turns a row into a reject.",
+    )
 
 
 class RayConfig(Strict):
@@ -64,6 +72,13 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (None: all).")
     object_store_memory_mb: int | None = Field(
         None, ge=75, description="Object store cap of a local Ray, in MiB."
+    )
+    forward_credentials: bool = Field(
+        False,
+        description="Also pass the driver's AWS and Hugging Face secrets (AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN, HF_TOKEN, ...) to the workers' runtime environment, which Ray logs "
+        "on every node and shows in job info. Off: workers get credentials the way their nodes "
+        "do (instance role, IRSA, their own environment); only non-secret settings travel.",
     )
 
 

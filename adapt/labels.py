@@ -25,6 +25,32 @@ def check_task_type(task_type: str) -> None:
         raise ValueError(f"unknown task type {task_type!r}: use one of {list(TASK_TYPES)}")
 
 
+def label_text(value: Any) -> str | None:
+    """One label as the text every stage compares: None for a missing one (None, NaN), an
+    integral number without its fraction (1 and 1.0 are one class, "1"), anything else as str.
+
+    A label column read from a CSV manifest or a pandas-written Parquet file holds numbers and
+    NaN where a user wrote integers and left cells empty; str() alone made "nan" a class and
+    1 and 1.0 two classes.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, np.generic):
+        return label_text(value.item())
+    return value if isinstance(value, str) else str(value)
+
+
+def label_value(value: Any) -> str | list[str] | None:
+    """A row's label (`label_text`), or its list of labels with the missing ones left out."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return [text for v in value if (text := label_text(v)) is not None]
+    return label_text(value)
+
+
 def _is_multi(label: Any) -> bool:
     return isinstance(label, list | tuple | np.ndarray)
 
@@ -32,7 +58,7 @@ def _is_multi(label: Any) -> bool:
 def _label_name(label: Any, row: int) -> str:
     if label is None or (isinstance(label, float) and math.isnan(label)):
         raise ValueError(f"row {row} has no label: drop unlabelled rows before scoring")
-    return str(label)
+    return label_text(label)
 
 
 def infer_task_type(labels: Sequence[Any]) -> str:
@@ -123,9 +149,9 @@ def encode_with_classes(
         if task_type == "multilabel":
             y = np.zeros((len(labels), len(classes)), dtype=np.int64)
             for i, row in enumerate(labels):
-                y[i, [index[str(v)] for v in row]] = 1
+                y[i, [index[label_text(v)] for v in row]] = 1
             return y
-        return np.array([index[str(v)] for v in labels], dtype=np.int64)
+        return np.array([index[label_text(v)] for v in labels], dtype=np.int64)
     except KeyError as e:
         raise ValueError(
             f"label {e.args[0]!r} is not one of the task's classes {list(classes)}"
@@ -217,12 +243,14 @@ def _one_vs_rest(
 
     def hit(v: Any) -> bool:
         if isinstance(v, list | tuple | np.ndarray):
-            return spec.positive in [str(x) for x in v]
-        return str(v) == spec.positive
+            return spec.positive in [label_text(x) for x in v]
+        return label_text(v) == spec.positive
 
     hits = np.array([hit(v) for v in values])
     if not hits.any():
-        seen = sorted({str(x) for v in values for x in (v if isinstance(v, list) else [v])})
+        seen = sorted(
+            {label_text(x) for v in values for x in (v if isinstance(v, list) else [v])} - {None}
+        )
         raise ValueError(
             f"task {name!r}: positive class {spec.positive!r} is in no row of "
             f"{spec.label_column!r}; classes there include {seen[:20]}"
@@ -259,9 +287,9 @@ def _multilabel(
             f"task {name!r}: type multilabel needs a list of labels per row in "
             f"{spec.label_column!r}; its rows hold single labels: use type auto or multiclass"
         )
-    counts = _counts([c for v in values for c in {str(x) for x in v}])
+    counts = _counts([c for v in values for c in set(label_value(v))])
     small = {c: n for c, n in counts.items() if n < min_count}
-    labels = [sorted({str(x) for x in v} - set(small)) for v in values]
+    labels = [sorted(set(label_value(v)) - set(small)) for v in values]
     if len(counts) - len(small) < 1:
         raise ValueError(
             f"task {name!r}: no label has {min_count} rows (min_class_count); counts {counts}"
@@ -282,7 +310,7 @@ def _single_label(
                 f"task {name!r}: row {keep[i]} of {spec.label_column!r} holds a list of labels "
                 f"but the task type is {task_type}: use type multilabel (or auto)"
             )
-        names.append(str(v))
+        names.append(label_text(v))
     counts = _counts(names)
     small = {c: n for c, n in counts.items() if n < min_count}
     kept = [i for i, c in enumerate(names) if c not in small]

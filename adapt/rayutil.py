@@ -10,6 +10,39 @@ from adapt.config import RayConfig
 log = logging.getLogger("adapt")
 
 
+# Environment variables that hold secrets. They never travel in a runtime environment unless the
+# config says so (`ray.forward_credentials`): Ray writes runtime environments to every node's logs
+# and shows them in `ray job` info.
+SECRET_VARIABLES = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_WEB_IDENTITY_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+    }
+)
+SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+
+
+def is_secret(name: str) -> bool:
+    return name in SECRET_VARIABLES or any(m in name.upper() for m in SECRET_MARKERS)
+
+
+def worker_env(environ: dict[str, str], forward_credentials: bool = False) -> dict[str, str]:
+    """What workers must see of the driver's environment: storage endpoint and region, model
+    caches and offline switches, adapt's own settings; secrets only with `forward_credentials`."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if (k.startswith(("AWS_", "ADAPT_", "HF_")) or k == "TRANSFORMERS_OFFLINE")
+        and (forward_credentials or not is_secret(k))
+    }
+
+
 def init_ray(config: RayConfig) -> None:
     """Connect once. A job submitted with `ray job submit` finds its cluster through RAY_ADDRESS."""
     import ray
@@ -17,11 +50,7 @@ def init_ray(config: RayConfig) -> None:
     if ray.is_initialized():
         return
     # Workers must see the same storage and cache settings as the driver.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(("AWS_", "ADAPT_", "HF_")) or k in ("TRANSFORMERS_OFFLINE",)
-    }
+    env = worker_env(dict(os.environ), config.forward_credentials)
     runtime_env = {"env_vars": env} if env else None
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -67,13 +67,17 @@ class Storage:
                     client_kwargs["endpoint_url"] = endpoint
                 if self.config.region:
                     client_kwargs["region_name"] = self.config.region
-                self._fs_cache[protocol] = fsspec.filesystem(
+                attempts = self.config.max_attempts
+                fs = fsspec.filesystem(
                     "s3",
                     anon=self.config.anon,
                     client_kwargs=client_kwargs,
+                    config_kwargs={"retries": {"max_attempts": attempts, "mode": "adaptive"}},
                     skip_instance_cache=True,
                     use_listings_cache=False,
                 )
+                fs.retries = attempts  # s3fs's own retries of what botocore passes on
+                self._fs_cache[protocol] = fs
             elif protocol == "file":
                 self._fs_cache[protocol] = fsspec.filesystem("file")
             else:
@@ -205,6 +209,10 @@ class Storage:
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
+            # On disk before the name appears: a crash must not leave a lease or champion
+            # pointer that exists but is empty or truncated.
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
         finally:

@@ -21,8 +21,12 @@ from adapt.extract.readers import CorpusError
 from adapt.extract.stage import RejectBudgetExceeded, run_extract
 from adapt.storage import Storage, join
 from tests import corpus_fixtures as cf
+from tests.faults import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+BASE = {"corpus": "x", "output": "y", "encoders": {"text": "minilm-l6"}}
 
 
 def make_config(corpus, output, tiny, endpoint=None, **extract):
@@ -86,6 +90,42 @@ def test_extract_each_format_on_s3(fmt, s3_bucket, moto_server, ray_local, tiny_
     assert field.type.value_type == pa.float32()
 
 
+def test_throttled_image_reads_are_retried_or_fail_the_shard_never_rejected(
+    s3_bucket, moto_server, ray_local, tiny_models
+):
+    """503 SlowDown on image reads (a fault proxy in front of moto): a few are retried and every
+    row is embedded; throttling that does not end fails the run without committing the shard,
+    and a re-run once the store recovers embeds its rows. No row is ever rejected for it."""
+    with FaultProxy(moto_server) as proxy:
+        data = {"storage": {"endpoint_url": proxy.url, "max_attempts": 3}}
+        store = Storage(load_config(data={**BASE, **data}).storage)
+        corpus, output = f"{s3_bucket}/corpus", f"{s3_bucket}/run"
+        n = cf.write_corpus(store, corpus, "parquet-paths", n=12, n_shards=2)
+        cfg = make_config(corpus, output, tiny_models, proxy.url)
+        cfg = cfg.model_copy(update={"storage": store.config})
+
+        proxy.fail("images/r0001.png", times=2)  # transient: within the retries
+        first = run_extract(cfg, store)
+        assert proxy.faults == 2
+        assert first.input_rows == n and first.rejected == len(cf.BAD)
+        assert "r0001" in load_embeddings(store, output).ids
+
+        other = f"{s3_bucket}/run2"
+        proxy.fail("images/r0002.png")  # throttled for good
+        with pytest.raises(Exception, match="r0002"):
+            run_extract(cfg.model_copy(update={"output": other}), store)
+        committed = store.list_files(join(other, "embeddings", "_commits"), (".json",))
+        assert len(committed) <= 1  # the other shard may have committed; not this one
+        assert not any(
+            "r0002" in store.read_parquet(f, columns=["id"]).column("id").to_pylist()
+            for f in store.list_files(join(other, "rejects"), (".parquet",))
+        )
+        proxy.clear()
+        again = run_extract(cfg.model_copy(update={"output": other}), store)
+        assert (again.input_rows, again.rejected) == (n, len(cf.BAD))
+        assert "r0002" in load_embeddings(store, other).ids
+
+
 def test_rerun_writes_nothing_new(tmp_path, ray_local, tiny_models):
     store = Storage()
     corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
@@ -98,6 +138,32 @@ def test_rerun_writes_nothing_new(tmp_path, ray_local, tiny_models):
     assert second.skipped_shards == second.shards == 2
     assert (second.embedded, second.rejected) == (first.embedded, first.rejected)
     assert before == after  # no shard file rewritten (only the manifest, which is hidden)
+
+
+def test_a_lost_or_replaced_output_file_is_embedded_again(tmp_path, ray_local, tiny_models):
+    store = Storage()
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
+    n = cf.write_corpus(store, corpus, "parquet", n=30, n_shards=3)
+    cfg = make_config(corpus, output, tiny_models)
+    first = run_extract(cfg, store)
+    files = sorted(store.list_files(join(output, "embeddings"), (".parquet",)))
+    lost, cut = files[0], files[1]
+    os.remove(lost)  # deleted after its commit
+    table = pq.read_table(cut)
+    pq.write_table(table.slice(0, table.num_rows - 1), cut)  # replaced by a shorter file
+
+    second = run_extract(cfg, store)
+    assert second.skipped_shards == 1  # only the shard whose files are whole is kept
+    assert 0 < second.embedded_now < first.embedded_now  # its rows were not embedded again
+    assert (second.input_rows, second.embedded, second.rejected) == (
+        n,
+        first.embedded,
+        first.rejected,
+    )
+    ids = output_rows(store, output)
+    assert len(ids) == n and len(set(ids)) == n  # every row back, none twice
+    assert len(load_embeddings(store, output)) == first.embedded
+    assert len(pq.read_table(join(output, "embeddings")).column("id")) == first.embedded
 
 
 def test_reject_budget_stops_the_job(tmp_path, ray_local, tiny_models):

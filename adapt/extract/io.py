@@ -186,6 +186,32 @@ def commit_shard(
     return record
 
 
+def file_rows(store: Storage, uri: str) -> int | None:
+    """Rows of a Parquet output file from its footer, or None when it is gone or unreadable."""
+    try:
+        return store.parquet_file(uri).metadata.num_rows
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def record_intact(store: Storage, record: dict) -> bool:
+    """Whether the files a commit record names are there with the rows it counts.
+
+    A record is trusted only with its files: an embeddings or rejects file deleted or replaced
+    after the commit makes the shard pending again, so a re-run restores its rows instead of
+    writing a manifest that names a file no reader can open.
+    """
+    for key, count in (("embeddings_file", "embedded"), ("rejects_file", "rejected")):
+        expected = record.get(count, 0)
+        uri = record.get(key)
+        if uri is None:
+            if expected:
+                return False
+        elif file_rows(store, uri) != expected:
+            return False
+    return True
+
+
 def clean_uncommitted(store: Storage, output: str, pending: list[readers.Shard]) -> None:
     """Remove what a killed run may have left: staging pieces and files of uncommitted shards."""
     store.delete(layout.staging_dir(output), recursive=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from adapt import schema
+from adapt.labels import label_value
 from adapt.storage import Storage, is_remote, join
 
 FORMATS = ("parquet", "webdataset", "folder")
@@ -136,14 +137,6 @@ def list_shards(
 # -- reading one shard ---------------------------------------------------------------------------
 
 
-def _label_value(value):
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    return str(value)
-
-
 def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
     """Normalise dict rows to the pipeline's columns, keeping label columns and split as given."""
     cols: dict[str, list] = {schema.ID: [], schema.TEXT: [], schema.IMAGE: [], ERROR: []}
@@ -166,7 +159,7 @@ def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
     arrays = {}
     for k, v in cols.items():
         if k.startswith(schema.LABEL):
-            v = [_label_value(x) for x in v]
+            v = [label_value(x) for x in v]
             arrays[k] = pa.array(
                 v, pa.list_(pa.string()) if any(isinstance(x, list) for x in v) else pa.string()
             )
@@ -212,16 +205,27 @@ def _resolve_image_path(base: str, path: str) -> str:
 
 
 def _attach_images(store: Storage, rows: list[dict], base: str) -> None:
-    """Load `image_path` files into `image` bytes; a missing file becomes the row's `_error`."""
+    """Load `image_path` files into `image` bytes; a missing file becomes the row's `_error`.
+
+    Only a file that is not there is the row's fault. Any other error reading it (throttling, a
+    5xx, a reset connection, an expired token: s3fs raises them all as OSError) is the store's,
+    retried by Storage and then raised: the shard does not commit, and a re-run reads the row
+    again, where a reject would have lost it for good.
+    """
     for r in rows:
         path = r.pop(schema.IMAGE_PATH, None)
         if r.get(schema.IMAGE) is None and path:
+            uri = _resolve_image_path(base, str(path))
             try:
-                r[schema.IMAGE] = store.read_bytes(_resolve_image_path(base, str(path)))
+                r[schema.IMAGE] = store.read_bytes(uri)
             except (FileNotFoundError, IsADirectoryError):
                 r[ERROR] = f"missing image file: {path}"
             except OSError as e:
-                r[ERROR] = f"cannot read image file {path}: {e}"
+                raise OSError(
+                    f"reading image {uri} of row {r.get(schema.ID)!r} failed ({e}); the shard is "
+                    "not committed and a re-run reads it again. Check the store and its "
+                    "credentials, or raise storage.max_attempts"
+                ) from e
 
 
 def _check_ids(rows: list[dict], shard: Shard) -> None:

@@ -24,6 +24,7 @@ from adapt.extract.io import (
     check_same_encoders,
     clean_uncommitted,
     commit_shard,
+    record_intact,
     write_manifest,
     write_pieces,
 )
@@ -85,25 +86,38 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     records = {
         s.key: store.read_json_or_none(layout.commit_record(config.output, s.key)) for s in shards
     }
+    intact = {k: bool(r) and record_intact(store, r) for k, r in records.items()}
+    broken = sorted(k for k, r in records.items() if r and not intact[k])
+    if broken:
+        log.warning(
+            "extract: %d committed shard(s) lost or changed an output file since their commit "
+            "(e.g. %s): embedding them again",
+            len(broken),
+            broken[0],
+        )
     committed = {
         k
         for k, r in records.items()
-        if r and r.get("source_signature") == signatures[k] and r.get("encoders_id") == encoders_id
+        if intact[k]
+        and r.get("source_signature") == signatures[k]
+        and r.get("encoders_id") == encoders_id
     }
     pending = [s for s in shards if s.key not in committed]
     # A shard whose source changed keeps its previous output until the new one replaces it: the
-    # rows whose id and content hash are unchanged are copied from it, not embedded again.
+    # rows whose id and content hash are unchanged are copied from it, not embedded again. Only
+    # an output that is whole can give rows back.
     previous = {
         s.key: layout.embeddings_file(config.output, s.key)
         for s in pending
-        if records[s.key] and records[s.key].get("embeddings_file")
+        if intact[s.key] and records[s.key].get("embeddings_file")
     }
     log.info(
-        "extract: %d shards, %d already committed, %d to do (%d changed)",
+        "extract: %d shards, %d already committed, %d to do (%d changed, %d broken)",
         len(shards),
         len(committed),
         len(pending),
         len(previous),
+        len(broken),
     )
     clean_uncommitted(store, config.output, [s for s in pending if s.key not in previous])
     init_ray(config.ray)
