@@ -8,6 +8,7 @@ function takes those ids, never names. `build_task` turns one `score.tasks` entr
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -228,13 +229,6 @@ def build_task(spec: ScoreTask, columns: dict[str, list], default_min_count: int
     return Task(name, spec.label_column, task_type, classes, y, rows, labels, None, dropped)
 
 
-def _counts(names: Sequence[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for c in names:
-        counts[c] = counts.get(c, 0) + 1
-    return counts
-
-
 def _one_vs_rest(
     spec: ScoreTask, values: list, keep: list[int], unlabelled: int, min_count: int
 ) -> Task:
@@ -287,7 +281,7 @@ def _multilabel(
             f"task {name!r}: type multilabel needs a list of labels per row in "
             f"{spec.label_column!r}; its rows hold single labels: use type auto or multiclass"
         )
-    counts = _counts([c for v in values for c in set(label_value(v))])
+    counts = dict(Counter(c for v in values for c in set(label_value(v))))
     small = {c: n for c, n in counts.items() if n < min_count}
     labels = [sorted(set(label_value(v)) - set(small)) for v in values]
     if len(counts) - len(small) < 1:
@@ -311,7 +305,7 @@ def _single_label(
                 f"but the task type is {task_type}: use type multilabel (or auto)"
             )
         names.append(label_text(v))
-    counts = _counts(names)
+    counts = dict(Counter(names))
     small = {c: n for c, n in counts.items() if n < min_count}
     kept = [i for i, c in enumerate(names) if c not in small]
     if len(counts) - len(small) < 2:

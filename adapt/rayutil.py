@@ -10,22 +10,12 @@ from adapt.config import RayConfig
 log = logging.getLogger("adapt")
 
 
-# Environment variables that hold secrets. They never travel in a runtime environment unless the
-# config says so (`ray.forward_credentials`): Ray writes runtime environments to every node's logs
-# and shows them in `ray job` info.
-SECRET_VARIABLES = frozenset(
-    {
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_WEB_IDENTITY_TOKEN",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-    }
-)
+# Environment variables that hold secrets never travel in a runtime environment unless the config
+# says so (`ray.forward_credentials`): Ray writes runtime environments to every node's logs and
+# shows them in `ray job` info. A secret is a name with one of these markers (AWS_SECRET_ACCESS_KEY,
+# AWS_SESSION_TOKEN, HF_TOKEN, ...), or one listed here that has none.
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+SECRET_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID"})
 
 
 def is_secret(name: str) -> bool:

@@ -131,6 +131,22 @@ class Storage:
                 out.append(self.qualify(uri, path))
         return sorted(out)
 
+    def file_sizes(self, uri: str, suffixes: tuple[str, ...] = ()) -> dict[str, int]:
+        """URI -> bytes of every file under `uri`, from one recursive listing, skipping hidden
+        names (`.x`, `_x`) as `list_files` does."""
+        fs, root = self.fs(uri), self.strip(uri)
+        if not fs.exists(root):
+            return {}
+        base = root.rstrip("/")
+        out = {}
+        for path, info in fs.find(root, detail=True).items():
+            rel = path[len(base) + 1 :] if path.startswith(base) else path
+            if any(part.startswith((".", "_")) for part in rel.split("/")):
+                continue
+            if info.get("type") == "file" and (not suffixes or path.endswith(suffixes)):
+                out[self.qualify(uri, path)] = int(info["size"])
+        return out
+
     def size(self, uri: str) -> int:
         return int(self.fs(uri).size(self.strip(uri)))
 

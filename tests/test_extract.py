@@ -164,6 +164,14 @@ def test_a_lost_or_replaced_output_file_is_embedded_again(tmp_path, ray_local, t
     assert len(ids) == n and len(set(ids)) == n  # every row back, none twice
     assert len(load_embeddings(store, output)) == first.embedded
     assert len(pq.read_table(join(output, "embeddings")).column("id")) == first.embedded
+    # Whole again: every shard is skipped, judged from one listing of the output files' sizes;
+    # a record written before records kept the sizes is judged by its file's footer instead.
+    records = store.list_files(join(output, "embeddings", "_commits"), (".json",))
+    old = store.read_json(records[0])
+    assert old["embeddings_bytes"] == os.path.getsize(old["embeddings_file"])
+    store.write_json(records[0], {k: v for k, v in old.items() if not k.endswith("_bytes")})
+    third = run_extract(cfg, store)
+    assert third.skipped_shards == 3 and third.embedded_now == 0
 
 
 def test_reject_budget_stops_the_job(tmp_path, ray_local, tiny_models):

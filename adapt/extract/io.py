@@ -163,8 +163,8 @@ def commit_shard(
         }
         if ok.num_rows:
             ok = schema.storable(_fixed_lists(ok, fingerprints))
-            store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
-            record["embeddings_file"] = emb_uri
+            size = store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
+            record.update(embeddings_file=emb_uri, embeddings_bytes=size)
         else:
             store.delete(emb_uri)
         if bad.num_rows:
@@ -177,8 +177,8 @@ def commit_shard(
                 },
                 schema=schema.REJECTS_SCHEMA,
             )
-            store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
-            record["rejects_file"] = rej_uri
+            size = store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
+            record.update(rejects_file=rej_uri, rejects_bytes=size)
         else:
             store.delete(rej_uri)
     record["committed_at"] = datetime.now(UTC).isoformat()
@@ -194,20 +194,35 @@ def file_rows(store: Storage, uri: str) -> int | None:
         return None
 
 
-def record_intact(store: Storage, record: dict) -> bool:
-    """Whether the files a commit record names are there with the rows it counts.
+def output_sizes(store: Storage, output: str) -> dict[str, int]:
+    """Bytes of every committed-looking output file, from one listing of `embeddings/` and one of
+    `rejects/` (bookkeeping names starting with `_` are skipped)."""
+    return {
+        **store.file_sizes(layout.embeddings_dir(output), (".parquet",)),
+        **store.file_sizes(layout.rejects_dir(output), (".parquet",)),
+    }
+
+
+def record_intact(store: Storage, record: dict, sizes: dict[str, int]) -> bool:
+    """Whether the files a commit record names are there as it wrote them.
 
     A record is trusted only with its files: an embeddings or rejects file deleted or replaced
     after the commit makes the shard pending again, so a re-run restores its rows instead of
-    writing a manifest that names a file no reader can open.
+    writing a manifest that names a file no reader can open. `sizes` (`output_sizes`) is checked
+    against the bytes the record wrote; a record from before it kept them is checked by the rows
+    in the file's footer instead.
     """
-    for key, count in (("embeddings_file", "embedded"), ("rejects_file", "rejected")):
-        expected = record.get(count, 0)
-        uri = record.get(key)
+    for key, count in (("embeddings", "embedded"), ("rejects", "rejected")):
+        uri = record.get(f"{key}_file")
         if uri is None:
-            if expected:
+            if record.get(count, 0):
                 return False
-        elif file_rows(store, uri) != expected:
+        elif uri not in sizes:
+            return False
+        elif f"{key}_bytes" in record:
+            if sizes[uri] != record[f"{key}_bytes"]:
+                return False
+        elif file_rows(store, uri) != record.get(count, 0):
             return False
     return True
 

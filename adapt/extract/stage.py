@@ -24,6 +24,7 @@ from adapt.extract.io import (
     check_same_encoders,
     clean_uncommitted,
     commit_shard,
+    output_sizes,
     record_intact,
     write_manifest,
     write_pieces,
@@ -86,7 +87,8 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     records = {
         s.key: store.read_json_or_none(layout.commit_record(config.output, s.key)) for s in shards
     }
-    intact = {k: bool(r) and record_intact(store, r) for k, r in records.items()}
+    sizes = output_sizes(store, config.output)
+    intact = {k: bool(r) and record_intact(store, r, sizes) for k, r in records.items()}
     broken = sorted(k for k, r in records.items() if r and not intact[k])
     if broken:
         log.warning(

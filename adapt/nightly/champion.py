@@ -104,10 +104,6 @@ class Registry:
     store: Storage
     output: str
 
-    @property
-    def root(self) -> str:
-        return layout.registry_dir(self.output)
-
     def lease(self, ttl_s: float) -> Lease:
         return Lease(self.store, layout.lease(self.output), ttl_s=ttl_s)
 

@@ -73,8 +73,9 @@ def run_cells(
         rows.append(row)
         if y_pred is not None:
             preds[key] = y_pred
+    sample_fold = _sample_fold(plan)
     for _, fold, _, reps in built:
-        if fold is _sample_fold(plan):
+        if fold is sample_fold:
             for name in _sample_reps(plan):
                 rep = executor.fetch(reps[name])
                 if not rep.error:
