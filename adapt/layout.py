@@ -4,6 +4,7 @@
     {output}/embeddings/_commits/<shard>.json      a shard's completion record
     {output}/embeddings/_manifest.json             written last: the extract run is complete
     {output}/embeddings/_staging/<wave>/...        pieces of a wave before their shards commit
+    {output}/embeddings/_lease/                    held by the one extract run writing here
     {output}/rejects/<shard>.parquet               rows that could not be embedded, with reasons
     {output}/heads/<run-id>/head.safetensors       a trained head's weights
     {output}/heads/<run-id>/card.json              written last: the head is complete
@@ -47,8 +48,17 @@ def manifest(output: str) -> str:
     return join(embeddings_dir(output), MANIFEST)
 
 
+def commits_dir(output: str) -> str:
+    return join(embeddings_dir(output), "_commits")
+
+
 def commit_record(output: str, shard_key: str) -> str:
-    return join(embeddings_dir(output), "_commits", f"{shard_key}.json")
+    return join(commits_dir(output), f"{shard_key}.json")
+
+
+def extract_lease(output: str) -> str:
+    """Held by the one extract run writing to `output` (`adapt.lease`)."""
+    return join(embeddings_dir(output), "_lease")
 
 
 def staging_dir(output: str) -> str:
@@ -171,7 +181,8 @@ def history_record(output: str, stamp: str, run_id: str) -> str:
 
 
 def lease(output: str) -> str:
-    return join(registry_dir(output), "lease.json")
+    """The nightly lease: a folder of generations (`adapt.lease`)."""
+    return join(registry_dir(output), "lease")
 
 
 def version_root(output: str, encoders_id: str) -> str:

@@ -48,6 +48,9 @@ def init_ray(config: RayConfig) -> None:
         return
     object_store = (config.object_store_memory_mb or 0) * 1024 * 1024 or None
     ray.init(
+        # A new local Ray of our own, never one that another process left on this machine (ray
+        # would join it through /tmp/ray/ray_current_cluster, and refuse our num_cpus).
+        address="local",
         num_cpus=config.num_cpus,
         object_store_memory=object_store,
         include_dashboard=False,

@@ -30,13 +30,15 @@ PROJECTED_EMBEDDING = "projected_embedding"
 
 
 # Rejects (rows that could not be embedded).
-REASON = "reason"
+REASON = "reason"  # one of adapt.extract.validate.REASONS
+DETAIL = "detail"  # what about the row, when there is more to say
 STAGE = "stage"
 
 REJECTS_SCHEMA = pa.schema(
     [
         pa.field(ID, pa.string(), nullable=False),
         pa.field(REASON, pa.string(), nullable=False),
+        pa.field(DETAIL, pa.string(), nullable=True),
         pa.field(STAGE, pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
     ]

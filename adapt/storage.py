@@ -42,6 +42,13 @@ def basename(uri: str) -> str:
     return posixpath.basename(uri.rstrip("/"))
 
 
+def _aside(path: str) -> str:
+    """A temporary name next to `path` that folder readers skip: pyarrow, pandas and DuckDB's
+    `*.parquet` glob all pass over a hidden `.name.tmp-x` left by a killed write."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
+
+
 @dataclass
 class Storage:
     """Access to local paths and s3:// URIs with one set of options."""
@@ -155,9 +162,11 @@ class Storage:
         return self.fs(uri).info(self.strip(uri))
 
     # -- reads ---------------------------------------------------------------------------------
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, limit: int | None = None) -> bytes:
+        """The object's bytes; with `limit`, at most that many (a caller that asks for one more
+        than it accepts learns that the object is too large without reading all of it)."""
         with self.fs(uri).open(self.strip(uri), "rb") as f:
-            return f.read()
+            return f.read() if limit is None else f.read(limit)
 
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
@@ -202,7 +211,7 @@ class Storage:
             fs.pipe_file(path, data)  # one PUT: the object appears whole
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _aside(path)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -222,7 +231,7 @@ class Storage:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # Write aside, then hard-link into place: the link fails if the name exists, and a reader
         # never sees the file before its bytes are all there.
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _aside(path)
         with open(tmp, "wb") as f:
             f.write(data)
             # On disk before the name appears: a crash must not leave a lease or champion
@@ -248,9 +257,16 @@ class Storage:
         return len(data)
 
     def delete(self, uri: str, recursive: bool = False) -> None:
+        """Remove a file (or a folder, with `recursive`) if it is there. Idempotent: what another
+        process or a retried task removed first is not an error."""
         fs, path = self.fs(uri), self.strip(uri)
-        if fs.exists(path):
-            fs.rm(path, recursive=recursive)
+        for _ in range(3):  # a folder whose files vanish under a recursive removal: go again
+            try:
+                if fs.exists(path):
+                    fs.rm(path, recursive=recursive)
+                return
+            except FileNotFoundError:
+                continue
 
     def copy(self, src: str, dst: str) -> None:
         self.write_bytes(dst, self.read_bytes(src))

@@ -77,6 +77,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",
             num_cpus=2,
             object_store_memory=300 * 1024 * 1024,
             include_dashboard=False,

@@ -15,7 +15,7 @@ from adapt.storage import Storage, join
 
 COLORS = [(220, 20, 20), (20, 200, 20), (20, 20, 220), (200, 200, 20)]
 WORDS = ["the cat", "a red dog", "blue car", "the sun", "moon tree", "smile face"]
-BAD = {"r-corrupt": "corrupt image", "r-empty": "empty text"}  # id -> reason prefix
+BAD = {"r-corrupt": "corrupt_image", "r-empty": "empty_text"}  # id -> reject reason
 
 
 def png(i: int, size: int = 24) -> bytes:

@@ -167,7 +167,7 @@ def test_embed_batch_rejects_bad_rows_and_keeps_all(tiny_models):
             "text": ["the cat", "a dog", "a dog", "   ", "the sun", "moon"],
             "image": [good, b"not an image", good[: len(good) // 2], good, None, good],
             "label": ["x", "y", "y", "x", "x", "y"],
-            readers.ERROR: [None, None, None, None, None, "missing image file: a.png"],
+            readers.ERROR: [None, None, None, None, None, "missing_file: a.png"],
             readers.SHARD: ["s"] * 6,
         }
     )
@@ -177,11 +177,11 @@ def test_embed_batch_rejects_bad_rows_and_keeps_all(tiny_models):
         zip(out.column("id").to_pylist(), out.column(readers.ERROR).to_pylist(), strict=True)
     )
     assert errors["ok"] is None
-    assert errors["corrupt"].startswith("corrupt image")
-    assert errors["truncated"].startswith("corrupt image")
-    assert errors["empty"] == "empty text"
-    assert errors["noimg"] == "missing image"
-    assert errors["readerr"] == "missing image file: a.png"
+    assert errors["corrupt"].startswith("corrupt_image: ")
+    assert errors["truncated"].startswith("corrupt_image: ")
+    assert errors["empty"] == "empty_text"
+    assert errors["noimg"] == "missing_value: image"
+    assert errors["readerr"] == "missing_file: a.png"
     emb = out.column("image_embedding").to_pylist()
     assert emb[0] is not None and len(emb[0]) == 32 and all(e is None for e in emb[1:])
 

@@ -73,11 +73,12 @@ def test_extract_each_format_on_s3(fmt, s3_bucket, moto_server, ray_local, tiny_
     rejects = {}
     for f in store.list_files(join(output, "rejects"), (".parquet",)):
         t = store.read_parquet(f)
-        rejects.update(zip(t.column("id").to_pylist(), t.column("reason").to_pylist(), strict=True))
+        rows = zip(t.column("reason").to_pylist(), t.column("detail").to_pylist(), strict=True)
+        rejects.update(zip(t.column("id").to_pylist(), rows, strict=True))
     for rid, reason in cf.BAD.items():
-        assert rejects[rid].startswith(reason)
+        assert rejects[rid][0] == reason
     if fmt.startswith("folder"):
-        assert rejects["r-missing"] == "missing image file: img/absent.png"
+        assert rejects["r-missing"] == ("missing_file", "img/absent.png")
 
     emb = load_embeddings(store, output)
     assert emb.features["text"].shape == (result.embedded, 32)

@@ -7,6 +7,7 @@ import pytest
 
 from adapt.config import ScoreTask
 from adapt.extract.readers import Shard, _rows_to_table
+from adapt.extract.validate import Validator
 from adapt.labels import build_task, encode_labels, infer_task_type, label_text, label_value
 
 
@@ -66,7 +67,8 @@ def test_corpus_labels_are_read_as_their_text(tmp_path):
             ]
         )
     ]
-    table = _rows_to_table(rows, shard)
+    validator = Validator("p")
+    table = _rows_to_table(validator.check(rows), shard, validator.label_kinds())
     assert table.column("label").to_pylist() == ["1", "1", None, "a", None]
     assert table.column("label_tags").to_pylist() == [["1", "2"], ["2"], [], ["b"], None]
 

@@ -11,7 +11,8 @@ import pytest
 
 from adapt import layout
 from adapt.config import load_config
-from adapt.nightly.champion import LeaseHeld, Registry
+from adapt.lease import LeaseHeld
+from adapt.nightly.champion import Registry
 from adapt.nightly.stage import run_nightly
 from adapt.storage import Storage, join
 from tests import corpus_fixtures as cf
@@ -107,7 +108,7 @@ def test_two_nights_incremental_then_failure_and_lease(
     assert (
         len(history) == 3 and history[-1]["status"] == "failed" and history[-1]["stage"] == "train"
     )
-    assert not store.exists(join(output, "registry", "lease.json"))
+    assert reg.lease(60).state()[1]["released"]
     # ...and its finished extract is reused: the next run embeds nothing.
     third = run_nightly(cfg, store)
     assert third.embedded_now == 0

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     names = {"image": "efficientnet-lite0", "text": "minilm-l6"}
     ray.init(
+        address="local",
         num_cpus=2,
         object_store_memory=512 * 1024 * 1024,
         include_dashboard=False,

@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         train[key] = yaml.safe_load(value)
     out.mkdir(parents=True, exist_ok=True)
     ray.init(
+        address="local",
         num_cpus=os.cpu_count(),
         object_store_memory=1024 * 2**20,
         include_dashboard=False,

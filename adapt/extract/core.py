@@ -10,17 +10,28 @@ import pyarrow as pa
 
 from adapt import schema
 from adapt.extract import readers
+from adapt.extract.validate import reject
 
-# Largest decoded image we accept, in pixels: a guard against decompression bombs (about 16k x 16k).
-MAX_IMAGE_PIXELS = 268_435_456
+# Largest image decoded, in pixels (extract.max_image_pixels): the decompression-bomb guard.
+MAX_IMAGE_PIXELS = 100_000_000
 
 
-def decode_image(data: bytes):
-    """Encoded bytes -> RGB PIL image; transparent pixels composited on white. Raises on bad data."""
+class TooLarge(ValueError):
+    """The image's header gives more pixels than the limit; it was not decoded."""
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Encoded bytes -> RGB PIL image; transparent pixels composited on white. Raises on bad data,
+    and TooLarge, before decoding anything, for an image over `max_pixels`."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    # PIL refuses only above twice its own limit, at open: the check below, from the header,
+    # refuses at `max_pixels` itself, so PIL's is off.
+    Image.MAX_IMAGE_PIXELS = None
     with Image.open(io.BytesIO(data)) as probe:
+        width, height = probe.size  # from the header: nothing is decoded yet
+        if width * height > max_pixels:
+            raise TooLarge(f"{width}x{height} is over {max_pixels} pixels")
         probe.verify()  # catches truncated and corrupt files before a full decode
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -32,22 +43,28 @@ def decode_image(data: bytes):
     return img.convert("RGB")
 
 
-def _prepare(modality: str, value):
-    """Validate and decode one cell; return (item, None) or (None, reason)."""
+def _prepare(modality: str, value, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Decode one checked cell; return (item, None) or (None, reason)."""
     if value is None:
-        return None, f"missing {modality}"
+        return None, reject("missing_value", modality)
     if modality == "text":
         if not value.strip():
-            return None, "empty text"
+            return None, reject("empty_text")
         return value, None
     try:
-        return decode_image(value), None
+        return decode_image(value, max_pixels), None
+    except TooLarge as e:
+        return None, reject("too_large", str(e))
     except Exception as e:  # PIL raises many types for bad data; the row's reason records which
-        return None, f"corrupt image: {type(e).__name__}: {e}"[:300]
+        return None, reject("corrupt_image", f"{type(e).__name__}: {e}")
 
 
 def embed_batch(
-    encoders: dict, table: pa.Table, required: list[str], timings: dict | None = None
+    encoders: dict,
+    table: pa.Table,
+    required: list[str],
+    timings: dict | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> pa.Table:
     """Embed one batch. Returns every input row: embeddings where possible, `_error` otherwise.
 
@@ -78,7 +95,7 @@ def embed_batch(
             if errors[i] is not None or reuse[i]:
                 prepared.append(None)
                 continue
-            item, reason = _prepare(modality, value)
+            item, reason = _prepare(modality, value, max_pixels)
             if reason is not None and (modality in required or value is not None):
                 errors[i] = reason  # a present-but-bad value is an error even when optional
             prepared.append(item)
@@ -95,7 +112,7 @@ def embed_batch(
         if not np.all(np.isfinite(vectors)):
             bad = {rows[j] for j in np.where(~np.isfinite(vectors).all(axis=1))[0]}
             for i in bad:
-                errors[i] = f"non-finite {modality} embedding"
+                errors[i] = reject("non_finite", modality)
         full = np.zeros((n, encoder.dim), dtype=np.float32)
         full[rows] = vectors
         valid = np.zeros(n, dtype=bool)

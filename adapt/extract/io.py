@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 from adapt import layout, schema
 from adapt.config import Config
 from adapt.extract import readers
+from adapt.extract.validate import split_error
 from adapt.extract.workers import META
-from adapt.storage import Storage
+from adapt.storage import Storage, basename
 
 LINEAGE_KEY = b"adapt.lineage"
 
@@ -87,6 +88,14 @@ def _fixed_lists(table: pa.Table, fingerprints: dict) -> pa.Table:
     return table
 
 
+def _typed_labels(table: pa.Table) -> pa.Table:
+    """A label column no row of the shard filled (null type in every piece) stored as strings."""
+    for i, f in enumerate(table.schema):
+        if f.name.startswith(schema.LABEL) and pa.types.is_null(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+    return table
+
+
 def _copy_reused(rows: pa.Table, previous: pa.Table | None, modalities: list[str]) -> pa.Table:
     """Fill the embeddings of unchanged rows from the shard's previous output (matched by id)."""
     if previous is None or rows.num_rows == 0:
@@ -116,7 +125,9 @@ def commit_shard(
     emb_uri = layout.embeddings_file(output, shard.key)
     rej_uri = layout.rejects_file(output, shard.key)
     tables = [_variable_lists(store.read_parquet(p)) for p in sorted(pieces)]
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    table = (
+        _typed_labels(pa.concat_tables(tables, promote_options="permissive")) if tables else None
+    )
     total = table.num_rows if table is not None else 0
     if total != expected_rows:
         raise RuntimeError(
@@ -133,6 +144,7 @@ def commit_shard(
         "newly_embedded": 0,
         "reused": 0,
         "rejected": 0,
+        "rejected_by_reason": {},
         "fingerprints": fingerprints,
     }
     if table is not None and total:
@@ -152,11 +164,14 @@ def commit_shard(
         drop = [c for c in (readers.ERROR, readers.REUSE) if c in table.column_names]
         ok = pa.concat_tables([fresh.drop_columns(drop), again.drop_columns(drop)])
         bad = table.filter(failed)
+        pairs = [split_error(e) for e in bad.column(readers.ERROR).to_pylist()]
+        codes, details = [c for c, _ in pairs], [d for _, d in pairs]
         record.update(
             embedded=ok.num_rows,
             newly_embedded=fresh.num_rows,
             reused=again.num_rows,
             rejected=bad.num_rows,
+            rejected_by_reason=dict(sorted(Counter(codes).items())),
         )
         meta = {
             LINEAGE_KEY: json.dumps({**lineage, **record}, sort_keys=True, default=str).encode()
@@ -171,7 +186,8 @@ def commit_shard(
             rejects = pa.table(
                 {
                     schema.ID: bad.column(schema.ID),
-                    schema.REASON: bad.column(readers.ERROR),
+                    schema.REASON: pa.array(codes, pa.string()),
+                    schema.DETAIL: pa.array(details, pa.string()),
                     schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
                     "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
                 },
@@ -184,6 +200,69 @@ def commit_shard(
     record["committed_at"] = datetime.now(UTC).isoformat()
     store.write_json(layout.commit_record(output, shard.key), record)  # last: the shard is now done
     return record
+
+
+def quarantine_duplicates(store: Storage, output: str, shards: list[readers.Shard]) -> int:
+    """Move rows whose id an earlier shard (in key order) already embedded to `rejects/` as
+    duplicate_id; return how many. Within a shard the reader keeps ids unique; this is the
+    check across shards, from the id column of every output file. A shard it changes gets its
+    files rewritten, then its commit record, last as always."""
+    first: dict[str, str] = {}
+    moved = 0
+    for shard in shards:
+        record = store.read_json(layout.commit_record(output, shard.key))
+        uri = record.get("embeddings_file")
+        if not uri:
+            continue
+        ids = store.read_parquet(uri, columns=[schema.ID]).column(schema.ID).to_pylist()
+        dup = {}
+        for i in ids:
+            if first.setdefault(i, shard.key) != shard.key:
+                dup[i] = first[i]
+        if dup:
+            _move_to_rejects(store, output, shard, record, dup)
+            moved += len(dup)
+    return moved
+
+
+def _move_to_rejects(
+    store: Storage, output: str, shard: readers.Shard, record: dict, dup: dict[str, str]
+) -> None:
+    emb_uri, rej_uri = record["embeddings_file"], layout.rejects_file(output, shard.key)
+    table = store.read_parquet(emb_uri)
+    meta = table.schema.metadata
+    mask = pa.array([i in dup for i in table.column(schema.ID).to_pylist()], pa.bool_())
+    ok, bad = table.filter(pc.invert(mask)), table.filter(mask)
+    ids = bad.column(schema.ID).to_pylist()
+    moved = pa.table(
+        {
+            schema.ID: pa.array(ids, pa.string()),
+            schema.REASON: pa.array(["duplicate_id"] * len(ids), pa.string()),
+            schema.DETAIL: pa.array([f"also in shard {dup[i]}" for i in ids], pa.string()),
+            schema.STAGE: pa.array(["extract"] * len(ids), pa.string()),
+            "source": pa.array([shard.uri] * len(ids), pa.string()),
+        },
+        schema=schema.REJECTS_SCHEMA,
+    )
+    if record.get("rejects_file"):
+        moved = pa.concat_tables([store.read_parquet(rej_uri).cast(schema.REJECTS_SCHEMA), moved])
+    by_reason = Counter(record.get("rejected_by_reason", {}))
+    by_reason["duplicate_id"] += len(ids)
+    record = {
+        **record,
+        "embedded": ok.num_rows,
+        "rejected": record["rejected"] + len(ids),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "rejects_file": rej_uri,
+        "rejects_bytes": store.write_parquet(rej_uri, moved.replace_schema_metadata(meta)),
+    }
+    if ok.num_rows:
+        record["embeddings_bytes"] = store.write_parquet(emb_uri, ok.replace_schema_metadata(meta))
+    else:
+        store.delete(emb_uri)
+        record.pop("embeddings_file")
+        record.pop("embeddings_bytes", None)
+    store.write_json(layout.commit_record(output, shard.key), record)
 
 
 def file_rows(store: Storage, uri: str) -> int | None:
@@ -235,6 +314,25 @@ def clean_uncommitted(store: Storage, output: str, pending: list[readers.Shard])
         store.delete(layout.rejects_file(output, shard.key))
 
 
+def remove_orphans(store: Storage, output: str, shards: list[readers.Shard]) -> list[str]:
+    """Delete the output files and commit records of shards no longer in the corpus (an input
+    file removed or renamed), so that reading the folder gives no rows twice; return them.
+    Run after the manifest, which already leaves them out."""
+    keys = {s.key for s in shards}
+    stale = [
+        uri
+        for uri in output_sizes(store, output)
+        if basename(uri).removesuffix(".parquet") not in keys
+    ] + [
+        uri
+        for uri in store.list_files(layout.commits_dir(output), (".json",))
+        if basename(uri).removesuffix(".json") not in keys
+    ]
+    for uri in stale:
+        store.delete(uri)
+    return stale
+
+
 def check_same_encoders(store: Storage, output: str, encoders_id: str) -> None:
     """Refuse to mix embeddings of different encoders (or encoder settings) in one folder."""
     manifest = store.read_json_or_none(layout.manifest(output))
@@ -261,6 +359,11 @@ def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], 
         "input_rows": sum(r["input_rows"] for r in records),
         "embedded": sum(r["embedded"] for r in records),
         "rejected": sum(r["rejected"] for r in records),
+        "rejected_by_reason": dict(
+            sorted(
+                sum((Counter(r.get("rejected_by_reason", {})) for r in records), Counter()).items()
+            )
+        ),
         "fingerprints": fingerprints,
         "encoders_id": lineage["encoders_id"],
     }

@@ -5,7 +5,8 @@ tar, or a fixed row range of a folder's manifest. Its `key` derives from its pat
 root, never from Ray's block layout, so a re-run maps every row to the same output file.
 
 Every row read comes out, valid or not: a row that cannot be read whole (an image file that is
-missing) carries its reason in `_error` and ends up in the rejects, never silently dropped.
+missing, text that is not UTF-8, a CSV line with an extra field) carries its reason in `_error`
+(`adapt.extract.validate` checks every row) and ends up in the rejects, never silently dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from adapt import schema
-from adapt.labels import label_value
+from adapt.extract.validate import ERROR, Limits, Validator, attach_images, decode, reject
 from adapt.storage import Storage, is_remote, join
 
 FORMATS = ("parquet", "webdataset", "folder")
@@ -34,7 +35,6 @@ READ_BATCH_ROWS = 256  # rows per block out of a read task: small blocks keep th
 MANIFEST_ROWS_PER_SHARD = 2048
 
 SHARD = "_shard"  # carried through the pipeline: which input shard a row came from
-ERROR = "_error"  # a reason when the row could not be read whole
 REUSE = "_reuse"  # true when the row's embeddings can be copied from the previous output
 
 
@@ -77,16 +77,21 @@ def detect_format(store: Storage, corpus: str) -> str:
 
 
 def _manifest_rows(store: Storage, uri: str) -> list[dict]:
-    text = store.read_bytes(uri).decode("utf-8")
+    """A manifest's rows, one per CSV record or non-blank JSONL line; a line that does not parse
+    is a row of its own with its reason, so the count is the same however bad the file is."""
+    text = decode(store.read_bytes(uri))
     if uri.endswith(".csv"):
-        return list(csv.DictReader(io.StringIO(text)))
+        return list(csv.DictReader(io.StringIO(text, newline="")))
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CorpusError(f"{uri} line {n} is not JSON: {e.msg}") from e
+                row = {ERROR: reject("bad_row", f"line {n} is not JSON: {e.msg}")}
+            if not isinstance(row, dict):
+                row = {ERROR: reject("bad_row", f"line {n} is not a JSON object")}
+            rows.append(row)
     return rows
 
 
@@ -137,8 +142,13 @@ def list_shards(
 # -- reading one shard ---------------------------------------------------------------------------
 
 
-def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
-    """Normalise dict rows to the pipeline's columns, keeping label columns and split as given."""
+def _rows_to_table(rows: list[dict], shard: Shard, multi: dict[str, bool]) -> pa.Table:
+    """Checked dict rows -> the pipeline's columns, keeping label columns and split as given.
+
+    A label column is a list of strings where the shard's labels are lists (`multi`), a string
+    where they are single values, and of null type while no row of the shard has one yet (so
+    batches of one shard always concatenate).
+    """
     cols: dict[str, list] = {schema.ID: [], schema.TEXT: [], schema.IMAGE: [], ERROR: []}
     extra = sorted({k for r in rows for k in r if k.startswith(schema.LABEL) or k == schema.SPLIT})
     for k in extra:
@@ -159,9 +169,9 @@ def _rows_to_table(rows: list[dict], shard: Shard) -> pa.Table:
     arrays = {}
     for k, v in cols.items():
         if k.startswith(schema.LABEL):
-            v = [label_value(x) for x in v]
+            kind = multi.get(k)
             arrays[k] = pa.array(
-                v, pa.list_(pa.string()) if any(isinstance(x, list) for x in v) else pa.string()
+                v, pa.null() if kind is None else pa.list_(pa.string()) if kind else pa.string()
             )
         else:
             arrays[k] = pa.array(v, types.get(k, pa.string()))
@@ -198,43 +208,6 @@ def mark_reusable(table: pa.Table, previous: dict[str, str]) -> pa.Table:
     return table.append_column(REUSE, pa.array(flags, pa.bool_()))
 
 
-def _resolve_image_path(base: str, path: str) -> str:
-    if is_remote(path) or path.startswith("/"):
-        return path
-    return join(base, path)
-
-
-def _attach_images(store: Storage, rows: list[dict], base: str) -> None:
-    """Load `image_path` files into `image` bytes; a missing file becomes the row's `_error`.
-
-    Only a file that is not there is the row's fault. Any other error reading it (throttling, a
-    5xx, a reset connection, an expired token: s3fs raises them all as OSError) is the store's,
-    retried by Storage and then raised: the shard does not commit, and a re-run reads the row
-    again, where a reject would have lost it for good.
-    """
-    for r in rows:
-        path = r.pop(schema.IMAGE_PATH, None)
-        if r.get(schema.IMAGE) is None and path:
-            uri = _resolve_image_path(base, str(path))
-            try:
-                r[schema.IMAGE] = store.read_bytes(uri)
-            except (FileNotFoundError, IsADirectoryError):
-                r[ERROR] = f"missing image file: {path}"
-            except OSError as e:
-                raise OSError(
-                    f"reading image {uri} of row {r.get(schema.ID)!r} failed ({e}); the shard is "
-                    "not committed and a re-run reads it again. Check the store and its "
-                    "credentials, or raise storage.max_attempts"
-                ) from e
-
-
-def _check_ids(rows: list[dict], shard: Shard) -> None:
-    for r in rows:
-        if r.get(schema.ID) in (None, ""):
-            raise CorpusError(f"{shard.uri}: a row has no `id`; every row needs a unique string id")
-        r[schema.ID] = str(r[schema.ID])
-
-
 def _read_parquet(
     store: Storage, shard: Shard, corpus: str, max_rows: int | None
 ) -> Iterator[list[dict]]:
@@ -254,7 +227,7 @@ def _read_parquet(
     ]
     seen = 0
     for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted):
-        rows = batch.to_pylist()
+        rows = _batch_rows(batch)
         if max_rows is not None:
             rows = rows[: max(0, max_rows - seen)]
         if not rows:
@@ -263,18 +236,39 @@ def _read_parquet(
         yield rows
 
 
+def _text_values(column: pa.Array) -> list:
+    """A column's values with strings decoded per value (invalid UTF-8 kept for the validator to
+    name, where to_pylist would fail the whole batch)."""
+    t = column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return [None if b is None else decode(b) for b in column.cast(pa.binary()).to_pylist()]
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_string(t.value_type):
+        lists = column.cast(pa.list_(pa.binary())).to_pylist()
+        return [None if v is None else [None if b is None else decode(b) for b in v] for v in lists]
+    return column.to_pylist()
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[dict]:
+    columns = {name: _text_values(batch.column(i)) for i, name in enumerate(batch.schema.names)}
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+
+
 def _read_webdataset(
     store: Storage, shard: Shard, corpus: str, max_rows: int | None
 ) -> Iterator[list[dict]]:
-    """img2dataset layout: members KEY.jpg / KEY.txt / KEY.json grouped by KEY."""
+    """img2dataset layout: members KEY.jpg / KEY.txt / KEY.json grouped by KEY, the member's path
+    up to the first dot of its file name (so `train/0001.jpg` and `val/0001.jpg` are two rows)."""
     samples: dict[str, dict] = {}
     order: list[str] = []
     with store.open(shard.uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            base = posixpath.basename(member.name)
-            key, _, ext = base.partition(".")
+            folder, base = posixpath.split(member.name)
+            stem, _, ext = base.partition(".")
+            key = posixpath.join(folder, stem) if folder not in ("", ".") else stem
             if key not in samples:
                 samples[key] = {}
                 order.append(key)
@@ -285,24 +279,29 @@ def _read_webdataset(
         meta = {}
         if "json" in parts:
             try:
-                meta = json.loads(parts["json"])
-            except json.JSONDecodeError:
-                meta = {ERROR: "corrupt json sidecar"}
+                meta = json.loads(decode(parts["json"]))
+            except json.JSONDecodeError as e:
+                meta = {ERROR: reject("bad_row", f"{key}.json is not JSON: {e.msg}")}
+            if not isinstance(meta, dict):
+                meta = {ERROR: reject("bad_row", f"{key}.json is not a JSON object")}
         row = {
             k: v
             for k, v in meta.items()
             if k.startswith(schema.LABEL) or k in (schema.SPLIT, ERROR)
         }
-        row[schema.ID] = str(meta.get("id") or meta.get("key") or key)
+        row[schema.ID] = meta.get("id") or meta.get("key") or key
         image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
         text = next((parts[e] for e in TEXT_EXTS if e in parts), None)
         row[schema.IMAGE] = image
-        row[schema.TEXT] = (
-            text.decode("utf-8", errors="replace") if text is not None else meta.get("caption")
-        )
+        row[schema.TEXT] = decode(text) if text is not None else meta.get("caption")
         rows.append(row)
     for i in range(0, len(rows), READ_BATCH_ROWS):
         yield rows[i : i + READ_BATCH_ROWS]
+
+
+def manifest_base(shard: Shard) -> str:
+    """The folder a manifest shard's relative `image_path`s start from: the manifest's own."""
+    return posixpath.dirname(shard.uri) if is_remote(shard.uri) else shard.uri.rsplit("/", 1)[0]
 
 
 def _read_manifest(
@@ -311,17 +310,20 @@ def _read_manifest(
     rows = _manifest_rows(store, shard.uri)[shard.start : shard.stop]
     if max_rows is not None:
         rows = rows[:max_rows]
-    base = posixpath.dirname(shard.uri) if is_remote(shard.uri) else shard.uri.rsplit("/", 1)[0]
     for i in range(0, len(rows), READ_BATCH_ROWS):
         chunk = [dict(r) for r in rows[i : i + READ_BATCH_ROWS]]
         for r in chunk:
             for k, v in list(r.items()):
-                if k.startswith(schema.LABEL) and isinstance(v, str) and v.startswith("["):
+                if (
+                    isinstance(k, str)
+                    and k.startswith(schema.LABEL)
+                    and isinstance(v, str)
+                    and v.startswith("[")
+                ):
                     try:
                         r[k] = json.loads(v)  # CSV manifests write multi-labels as JSON lists
                     except json.JSONDecodeError:
                         pass
-        _attach_images(store, chunk, base)
         yield chunk
 
 
@@ -329,14 +331,21 @@ READERS = {"parquet": _read_parquet, "webdataset": _read_webdataset, "folder": _
 
 
 def read_shard(
-    store: Storage, shard: Shard, corpus: str, max_rows: int | None = None
+    store: Storage,
+    shard: Shard,
+    corpus: str,
+    max_rows: int | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[pa.Table]:
-    """Yield the shard's rows as normalised Arrow tables of up to READ_BATCH_ROWS rows."""
+    """Yield the shard's rows as normalised Arrow tables of up to READ_BATCH_ROWS rows, every
+    row checked (`Validator`): a bad one carries its reason in `_error`."""
+    limits = limits or Limits(corpus=corpus)
+    validator = Validator(shard.key, limits)
+    base = manifest_base(shard) if shard.format == "folder" else corpus
     for rows in READERS[shard.format](store, shard, corpus, max_rows):
-        _check_ids(rows, shard)
-        if shard.format == "parquet":
-            _attach_images(store, rows, corpus)
-        yield _rows_to_table(rows, shard)
+        rows = validator.check(rows)
+        attach_images(store, rows, base, limits)
+        yield _rows_to_table(rows, shard, validator.label_kinds())
 
 
 def count_rows(store: Storage, shard: Shard, corpus: str, max_rows: int | None = None) -> int:
@@ -346,5 +355,5 @@ def count_rows(store: Storage, shard: Shard, corpus: str, max_rows: int | None =
     elif shard.format == "folder":
         n = (shard.stop or 0) - shard.start
     else:
-        n = sum(t.num_rows for t in read_shard(store, shard, corpus))
+        n = sum(len(rows) for rows in _read_webdataset(store, shard, corpus, None))
     return n if max_rows is None else min(n, max_rows)

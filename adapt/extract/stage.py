@@ -25,11 +25,15 @@ from adapt.extract.io import (
     clean_uncommitted,
     commit_shard,
     output_sizes,
+    quarantine_duplicates,
     record_intact,
+    remove_orphans,
     write_manifest,
     write_pieces,
 )
+from adapt.extract.validate import Limits
 from adapt.extract.workers import EmbedWorker, read_shards
+from adapt.lease import Lease
 from adapt.rayutil import init_ray
 from adapt.storage import Storage
 
@@ -51,6 +55,7 @@ class ExtractResult:
     wall_s: float
     manifest: str
     embedded_now: int = 0  # rows run through the encoders by this run (not copied, not skipped)
+    rejected_by_reason: dict = field(default_factory=dict)  # reason code -> rows
     encoders_id: str = ""
     fingerprints: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -63,7 +68,9 @@ class ExtractResult:
         return (
             f"extract: {self.input_rows} rows from {self.shards} shards "
             f"({self.skipped_shards} already done) in {self.wall_s:.1f} s\n"
-            f"  embedded {self.embedded} ({self.embedded_now} by this run), rejected {self.rejected}\n"
+            f"  embedded {self.embedded} ({self.embedded_now} by this run), rejected {self.rejected}"
+            + "".join(f"\n    {n} {code}" for code, n in self.rejected_by_reason.items())
+            + "\n"
             f"  embeddings: {self.output}  [{dims}]\n"
             f"  manifest:   {self.manifest}"
         )
@@ -83,6 +90,30 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     shards = readers.list_shards(store, config.corpus, ext.format, ext.manifest)
     encoders_id = encoders_fingerprint_id(config)
     check_same_encoders(store, config.output, encoders_id)
+    # One writer per output: a second run (a manual one over a nightly, say) stops here and
+    # changes nothing, instead of cleaning up the first one's staging and fresh commits.
+    lease = Lease(
+        store,
+        layout.extract_lease(config.output),
+        ttl_s=ext.lease_ttl_s,
+        what=f"the output {layout.embeddings_dir(config.output)}",
+    ).acquire(wait_s=ext.wait_for_lease_s)
+    lease.keep_renewed()
+    try:
+        return _extract_holding(config, store, shards, encoders_id, lease, t0)
+    finally:
+        lease.release()
+
+
+def _extract_holding(
+    config: Config,
+    store: Storage,
+    shards: list[readers.Shard],
+    encoders_id: str,
+    lease: Lease,
+    t0: float,
+) -> ExtractResult:
+    ext = config.extract
     signatures = {s.key: readers.source_signature(store, s) for s in shards}
     records = {
         s.key: store.read_json_or_none(layout.commit_record(config.output, s.key)) for s in shards
@@ -97,21 +128,18 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
             len(broken),
             broken[0],
         )
-    committed = {
-        k
-        for k, r in records.items()
-        if intact[k]
-        and r.get("source_signature") == signatures[k]
-        and r.get("encoders_id") == encoders_id
-    }
+    # A record of other encoders (a run killed before its manifest, then the config changed)
+    # neither counts as done nor gives rows back: its vectors are another encoder's.
+    same = {k for k, r in records.items() if intact[k] and r.get("encoders_id") == encoders_id}
+    committed = {k for k in same if records[k].get("source_signature") == signatures[k]}
     pending = [s for s in shards if s.key not in committed]
     # A shard whose source changed keeps its previous output until the new one replaces it: the
     # rows whose id and content hash are unchanged are copied from it, not embedded again. Only
-    # an output that is whole can give rows back.
+    # an output that is whole, of these encoders, can give rows back.
     previous = {
         s.key: layout.embeddings_file(config.output, s.key)
         for s in pending
-        if intact[s.key] and records[s.key].get("embeddings_file")
+        if s.key in same and records[s.key].get("embeddings_file")
     }
     log.info(
         "extract: %d shards, %d already committed, %d to do (%d changed, %d broken)",
@@ -136,7 +164,7 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
     rejected = sum(records[k]["rejected"] for k in committed)
     for w in range(0, len(pending), ext.shards_per_wave):
         wave_shards = pending[w : w + ext.shards_per_wave]
-        done = _run_wave(config, store, wave_shards, previous, signatures, lineage, timings)
+        done = _run_wave(config, store, wave_shards, previous, signatures, lineage, timings, lease)
         embedded_now += sum(r["newly_embedded"] for r in done)
         seen += sum(r["input_rows"] for r in done)
         rejected += sum(r["rejected"] for r in done)
@@ -146,7 +174,22 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
             len(done),
             sum(r["input_rows"] for r in done),
         )
+    lease.check()
+    if pending:
+        dups = quarantine_duplicates(store, config.output, shards)
+        if dups:
+            log.warning(
+                "extract: %d row(s) repeat an id of an earlier shard; they are in %s as "
+                "duplicate_id",
+                dups,
+                layout.rejects_dir(config.output),
+            )
     manifest_uri, totals = write_manifest(store, config, shards, lineage)
+    removed = remove_orphans(store, config.output, shards)
+    if removed:
+        log.info(
+            "extract: removed %d output file(s) of shards no longer in the corpus", len(removed)
+        )
     return ExtractResult(
         output=layout.embeddings_dir(config.output),
         shards=len(shards),
@@ -154,6 +197,7 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
         input_rows=totals["input_rows"],
         embedded=totals["embedded"],
         rejected=totals["rejected"],
+        rejected_by_reason=totals["rejected_by_reason"],
         wall_s=time.perf_counter() - t0,
         manifest=manifest_uri,
         embedded_now=embedded_now,
@@ -171,6 +215,7 @@ def _run_wave(
     signatures: dict[str, dict],
     lineage: dict,
     timings: dict[str, float],
+    lease: Lease,
 ) -> list[dict]:
     """One wave: the Ray Data pipeline (read -> embed -> write pieces) over its shards, then a
     commit task per shard; returns the shards' commit records. `timings` accumulates."""
@@ -202,6 +247,11 @@ def _run_wave(
             "max_rows": ext.max_rows_per_shard,
             "output": config.output,
             "wave": wave,
+            "limits": Limits(
+                corpus=config.corpus,
+                max_image_bytes=ext.max_image_bytes,
+                image_roots=tuple(ext.image_roots),
+            ),
         },
         batch_size=1,
         batch_format="pyarrow",
@@ -243,6 +293,7 @@ def _run_wave(
             counted[sh.key] = store.read_json(layout.wave_count(config.output, wave, sh.key))[
                 "rows"
             ]
+    lease.check()  # a run that lost its lease commits nothing more
     done = ray.get(
         [
             commit_task.remote(

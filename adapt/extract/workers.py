@@ -25,6 +25,7 @@ def read_shards(
     max_rows,
     output: str,
     wave: str,
+    limits=None,
 ):
     for i in batch.column("i").to_pylist():
         shard = shards[i]
@@ -40,7 +41,7 @@ def read_shards(
                     )
                 )
         rows = 0
-        for table in readers.read_shard(store, shard, corpus, max_rows):
+        for table in readers.read_shard(store, shard, corpus, max_rows, limits):
             rows += table.num_rows
             yield readers.mark_reusable(table, known)
         if shard.format == "webdataset":  # every row has been handed on: record the count
@@ -57,6 +58,7 @@ class EmbedWorker:
             torch.set_num_threads(threads)
         ext = config.extract
         self.required = config.required_modalities
+        self.max_pixels = ext.max_image_pixels
         self.encoders = {
             modality: build_encoder(spec, modality, device=ext.device, dtype=ext.dtype)
             for modality, spec in sorted(config.encoders.items())
@@ -67,7 +69,7 @@ class EmbedWorker:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         timings: dict[str, float] = {}
-        out = embed_batch(self.encoders, table, self.required, timings)
+        out = embed_batch(self.encoders, table, self.required, timings, self.max_pixels)
         # One JSON cell per batch (the first row) carries fingerprints and timings to the writer.
         meta = json.dumps({"fingerprints": self.fingerprints, "timings": timings})
         return out.append_column(META, pa.array([meta] + [None] * (out.num_rows - 1), pa.string()))

@@ -2,101 +2,25 @@
 
     {output}/registry/champion.json         the head in use: replaced whole by one PUT (atomic)
     {output}/registry/history/<time>-<run>.json   one immutable record per decision, never edited
-    {output}/registry/lease.json            held by the one nightly run allowed to write
+    {output}/registry/lease/                held by the one nightly run allowed to write
 
-The lease is created with a conditional PUT (S3 If-None-Match, link(2) on disk), so of two runs
-started together exactly one gets it; it expires after `ttl_s`, so a run that died does not block
-the next night forever, and the holder renews it between stages.
+A decision is recorded before the champion pointer moves, and the pointer names its record: a
+night killed between the two leaves a promotion that the next night's `recover` completes, and
+a pointer cut short by a crash is rebuilt from the newest promotion in the history.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
-import uuid
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from adapt import layout
-from adapt.storage import Storage
+from adapt.lease import Lease
+from adapt.storage import Storage, basename
 
-
-class LeaseHeld(RuntimeError):
-    """Another run holds the lease; the message says who and until when."""
-
-
-def _now() -> float:
-    return time.time()
-
-
-@dataclass
-class Lease:
-    store: Storage
-    uri: str
-    ttl_s: float = 6 * 3600.0
-    owner: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    )
-    held: bool = False
-
-    def _body(self) -> bytes:
-        now = _now()
-        return json.dumps(
-            {
-                "owner": self.owner,
-                "acquired_at": now,
-                "expires_at": now + self.ttl_s,
-                "expires_at_utc": datetime.fromtimestamp(now + self.ttl_s, UTC).isoformat(),
-            }
-        ).encode()
-
-    def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0) -> Lease:
-        """Take the lease, waiting up to `wait_s` for a live holder; raise LeaseHeld otherwise."""
-        deadline = _now() + wait_s
-        while True:
-            try:
-                self.store.create_exclusive(self.uri, self._body())
-                self.held = True
-                return self
-            except FileExistsError:
-                holder = self.store.read_json_or_none(self.uri)
-                if holder is None:
-                    continue  # released between our two calls: try again at once
-                if holder.get("expires_at", 0) < _now():
-                    # Expired: remove it, then race for it like everyone else.
-                    self.store.delete(self.uri)
-                    continue
-                if _now() >= deadline:
-                    raise LeaseHeld(
-                        f"another run holds {self.uri} (owner {holder.get('owner')}, until "
-                        f"{holder.get('expires_at_utc')}); it will finish or expire, then re-run. "
-                        "Nothing was changed."
-                    ) from None
-                time.sleep(poll_s)
-
-    def renew(self) -> None:
-        holder = self.store.read_json_or_none(self.uri)
-        if not holder or holder.get("owner") != self.owner:
-            raise LeaseHeld(
-                f"lost the lease {self.uri} (now held by {holder and holder.get('owner')})"
-            )
-        self.store.write_bytes(self.uri, self._body())
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        holder = self.store.read_json_or_none(self.uri)
-        if holder and holder.get("owner") == self.owner:
-            self.store.delete(self.uri)
-        self.held = False
-
-    def __enter__(self) -> Lease:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+log = logging.getLogger("adapt.nightly")
 
 
 @dataclass
@@ -105,14 +29,39 @@ class Registry:
     output: str
 
     def lease(self, ttl_s: float) -> Lease:
-        return Lease(self.store, layout.lease(self.output), ttl_s=ttl_s)
+        return Lease(
+            self.store, layout.lease(self.output), ttl_s=ttl_s, what=f"the registry {self.output}"
+        )
 
     def champion(self) -> dict | None:
-        return self.store.read_json_or_none(layout.champion(self.output))
+        """The champion record; one cut short by a crash is rebuilt from the history."""
+        try:
+            return self.store.read_json_or_none(layout.champion(self.output))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            promoted = self.last_promotion()
+            log.warning(
+                "registry: %s is unreadable; the champion is taken from the history (%s)",
+                layout.champion(self.output),
+                promoted and promoted["history"],
+            )
+            return promoted
 
-    def promote(self, record: dict) -> None:
-        """Point the registry at a new champion: one whole-object write, atomic for readers."""
-        self.store.write_json(layout.champion(self.output), record)
+    def promote(self, record: dict, lease: Lease, history_uri: str, expected: dict | None) -> None:
+        """Point the registry at a new champion: one whole-object write, atomic for readers.
+
+        Only the lease holder writes it, so the lease is checked (and extended) just before, and
+        the champion must still be `expected`, the one the run compared against (None: there
+        was none); the record names the history record that decided it, written before it.
+        """
+        lease.renew()
+        current = self.champion()
+        if current != expected:
+            raise RuntimeError(
+                f"the champion changed while this run held the lease (now "
+                f"{current and current.get('head')}, read as {expected and expected.get('head')}):"
+                " another writer is at work on this registry; nothing was promoted"
+            )
+        self.store.write_json(layout.champion(self.output), {**record, "history": history_uri})
 
     def record(self, decision: dict) -> str:
         """Append a decision to the history (a new immutable object); return its URI."""
@@ -122,8 +71,40 @@ class Registry:
         return uri
 
     def history(self) -> list[dict]:
-        files = self.store.list_files(layout.history_dir(self.output), (".json",))
-        return [self.store.read_json(f) for f in files]
+        """Every readable decision, oldest first (an unreadable record is skipped with a warning)."""
+        out = []
+        for f in self.store.list_files(layout.history_dir(self.output), (".json",)):
+            try:
+                out.append({**self.store.read_json(f), "history": f})
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("registry: history record %s is unreadable; skipped", basename(f))
+        return out
+
+    def last_promotion(self) -> dict | None:
+        """The champion record the newest promoting decision in the history wrote, or None."""
+        for h in reversed(self.history()):
+            if h.get("promote") and h.get("champion_record"):
+                return {**h["champion_record"], "history": h["history"]}
+        return None
+
+    def recover(self, lease: Lease) -> dict | None:
+        """Complete a promotion that a killed night recorded but did not point to; return the
+        champion. Call holding the lease, before reading the champion for a new night."""
+        champion = self.champion()
+        promoted = self.last_promotion()
+        if promoted and (champion or {}).get("history") != promoted["history"]:
+            newer = champion is None or str(champion.get("promoted_at", "")) < str(
+                promoted.get("promoted_at", "")
+            )
+            if newer:
+                log.warning(
+                    "registry: the promotion in %s was recorded but not applied; applying it",
+                    basename(promoted["history"]),
+                )
+                record = {k: v for k, v in promoted.items() if k != "history"}
+                self.promote(record, lease, promoted["history"], expected=champion)
+                return self.champion()
+        return champion
 
 
 def decide(

@@ -7,7 +7,7 @@ Layout under `{output}`:
     versions/<encoders-id>/heads/        fingerprint) starts a new folder and leaves the old one be
     registry/champion.json               the head in use (see adapt.nightly.champion)
     registry/history/*.json              every night's decision, with its numbers and health
-    registry/lease.json                  held while a night runs
+    registry/lease/                      held while a night runs
 
 Champion and challenger are compared on the same held-out rows: a fixed share of ids (by hash, so
 stable as the corpus grows) that no head ever trains on. For each task and classifier, the
@@ -30,7 +30,7 @@ import numpy as np
 
 from adapt import layout
 from adapt.config import Config, ScoreTask
-from adapt.embeddings import Embeddings, EmbeddingsError, load_embeddings
+from adapt.embeddings import Embeddings, load_embeddings
 from adapt.extract import readers
 from adapt.extract.stage import encoders_fingerprint_id, run_extract
 from adapt.extract.workers import EmbedWorker
@@ -190,10 +190,12 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     registry = Registry(store, config.output)
     lease = registry.lease(nc.lease_ttl_s).acquire(wait_s=nc.wait_for_lease_s)
+    lease.keep_renewed()
     stage_s: dict[str, float] = {}
     stage = "extract"
-    champion = registry.champion()
+    champion = None
     try:
+        champion = registry.recover(lease)
         encoders_id = encoders_fingerprint_id(config)
         root = layout.version_root(config.output, encoders_id)
         vconfig = config.model_copy(update={"output": root})
@@ -203,14 +205,14 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
         previous = None
         try:
             previous = load_embeddings(store, root)
-        except EmbeddingsError:
-            pass  # the first night of this encoder version: nothing to compare with
-        except FileNotFoundError as e:
-            # A file the manifest names is gone: tonight's extract embeds its rows again, and
+        except FileNotFoundError as e:  # EmbeddingsError included
+            # No manifest: the first night of this encoder version, nothing to compare with.
+            # A manifest whose files are gone or changed: tonight's extract restores them, and
             # the health check runs without last night's version to compare with.
-            log.warning(
-                "nightly: last night's embeddings are incomplete (%s); drift not checked", e
-            )
+            if store.exists(layout.manifest(root)):
+                log.warning(
+                    "nightly: last night's embeddings are incomplete (%s); drift not checked", e
+                )
         extracted = run_extract(vconfig, store)
         stage_s["extract"] = time.perf_counter() - t
         lease.renew()
@@ -266,17 +268,19 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
             stage_s=stage_s,
         )
         if decision["promote"]:
-            registry.promote(
-                {
-                    "head": trained.head,
-                    "run_id": run_id,
-                    "encoders_id": encoders_id,
-                    "scores": challenger,
-                    "metric": nc.metric,
-                    "promoted_at": datetime.now(UTC).isoformat(),
-                }
-            )
+            # Recorded first, then pointed to: a night killed in between is completed by the next.
+            decision["champion_record"] = {
+                "head": trained.head,
+                "run_id": run_id,
+                "encoders_id": encoders_id,
+                "scores": challenger,
+                "metric": nc.metric,
+                "promoted_at": datetime.now(UTC).isoformat(),
+            }
+        lease.check()
         history_uri = registry.record(decision)
+        if decision["promote"]:
+            registry.promote(decision["champion_record"], lease, history_uri, expected=champion)
         return NightlyResult(
             run_id,
             decision["promote"],

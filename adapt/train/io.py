@@ -113,15 +113,24 @@ def save_checkpoint(store: Storage, root: str, epoch: int, data: bytes, keep: in
         if re.search(r"epoch-\d+\.safetensors$", u)
     )
     for u in old[:-keep]:
-        store.delete(u)
+        if u != uri:  # never the one the pointer now names, whatever the names sort like
+            store.delete(u)
     return uri
 
 
-def latest_checkpoint(store: Storage, root: str) -> bytes | None:
+def pointed_epoch(store: Storage, root: str) -> int | None:
+    """The epoch of the checkpoint the pointer names, or None before the first checkpoint."""
     pointer = store.read_json_or_none(layout.checkpoint_pointer(root))
-    if not pointer:
-        return None
-    return store.read_bytes(pointer["checkpoint"])
+    return int(pointer["epoch"]) if pointer else None
+
+
+def checkpoint_at(store: Storage, root: str, epoch: int) -> bytes:
+    return store.read_bytes(layout.checkpoint_file(root, epoch))
+
+
+def latest_checkpoint(store: Storage, root: str) -> bytes | None:
+    epoch = pointed_epoch(store, root)
+    return None if epoch is None else checkpoint_at(store, root, epoch)
 
 
 # -- the search's rows ------------------------------------------------------------------------------

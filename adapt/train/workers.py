@@ -38,9 +38,11 @@ from adapt.train.fit import (
     train_epochs,
 )
 from adapt.train.io import (
+    checkpoint_at,
     checkpoint_bytes,
     latest_checkpoint,
     load_checkpoint_bytes,
+    pointed_epoch,
     save_checkpoint,
 )
 from adapt.train.plan import TrainPlan
@@ -138,7 +140,11 @@ def train_loop_per_worker(loop: dict) -> None:
     if head.skip_dim:  # the skip branch's principal components, over all workers' training rows
         init_skip(head, collective.sum(skip_moments(train.x, head.modalities)))
     root = layout.checkpoints_dir(plan.output, plan.run_id)
-    data = latest_checkpoint(store, root)
+    # Rank 0 reads the pointer and every rank resumes from the epoch it names: ranks that each
+    # read it could see two different checkpoints.
+    pointed = pointed_epoch(store, root) if rank == 0 else None
+    agreed = collective.max(-1 if pointed is None else pointed)
+    data = checkpoint_at(store, root, agreed) if agreed >= 0 else None
     state = TrainState()
     model = ray.train.torch.prepare_model(PartsModel(head))
     optimizer = make_optimizer(head, cfg)
