@@ -50,7 +50,8 @@ def cluster(args: dict) -> None:
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store_mb}
     )
-    nodes = [cluster.add_node(num_cpus=2, object_store_memory=store_mb) for _ in range(2)]
+    cpus = args.get("cpus_per_node", 2)
+    nodes = [cluster.add_node(num_cpus=cpus, object_store_memory=store_mb) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
     cfg = load_config(args["config"])
     stage = args.get("stage", "extract")
@@ -67,7 +68,7 @@ def cluster(args: dict) -> None:
         while not (marks.exists() and any(marks.glob(pattern))):
             time.sleep(0.05)
         try:
-            cluster.add_node(num_cpus=2, object_store_memory=store_mb)  # joins as one is lost
+            cluster.add_node(num_cpus=cpus, object_store_memory=store_mb)  # joins as one is lost
         except Exception as e:  # noqa: BLE001 - reported with the case
             killed["join_error"] = repr(e)
         raylet = nodes[0].all_processes["raylet"][0].process
