@@ -63,6 +63,17 @@ def record(request):
         f.write(json.dumps(figures) + "\n")
 
 
+def _run_worker(role: str, args: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run a `tests.fault_workers` role to its end; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.fault_workers", role, json.dumps(args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _spawn(role: str, args: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.fault_workers", role, json.dumps(args)],
@@ -527,18 +538,7 @@ def test_nightly_killed_after_extract_during_train_and_before_promotion(
     assert registry.champion()["head"] == second.decision["head"]
     # Night 3, killed between its history record and the champion pointer.
     _nightly_corpus(store, corpus, 3)
-    killed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.fault_workers",
-            "nightly",
-            json.dumps({"config": str(path), "die_at": "promote"}),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        timeout=400,
-    )
+    killed = _run_worker("nightly", {"config": str(path), "die_at": "promote"}, timeout=400)
     assert killed.returncode == -signal.SIGKILL
     recorded = registry.history()[-1]
     assert recorded["promote"] and registry.champion()["head"] == second.decision["head"]
@@ -575,19 +575,7 @@ def test_a_worker_node_sigkilled_mid_extract(tmp_path, tiny_models, record):
         num_cpus_per_worker=0.5,
         num_workers=2,
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.fault_workers",
-            "cluster",
-            json.dumps({"config": str(_yaml(tmp_path / "c.yaml", cfg))}),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
+    proc = _run_worker("cluster", {"config": str(_yaml(tmp_path / "c.yaml", cfg))}, timeout=840)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("CLUSTER ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(line[len("CLUSTER ") :])
@@ -682,19 +670,7 @@ def test_a_worker_node_sigkilled_mid_train(tmp_path, tiny_models, record):
     from adapt.config import load_config
 
     path = _yaml(tmp_path / "t.yaml", load_config(data=data))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.fault_workers",
-            "cluster",
-            json.dumps({"config": str(path), "stage": "train"}),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
+    proc = _run_worker("cluster", {"config": str(path), "stage": "train"}, timeout=840)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("CLUSTER ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(line[len("CLUSTER ") :])
