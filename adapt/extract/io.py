@@ -111,6 +111,23 @@ def _copy_reused(rows: pa.Table, previous: pa.Table | None, modalities: list[str
     return rows
 
 
+def _rejects_table(
+    ids: list[str], codes: list[str], details: list[str | None], shard: readers.Shard
+) -> pa.Table:
+    """Rows of `rejects/` for one shard: id, reason code, detail, stage, source."""
+    n = len(ids)
+    return pa.table(
+        {
+            schema.ID: pa.array(ids, pa.string()),
+            schema.REASON: pa.array(codes, pa.string()),
+            schema.DETAIL: pa.array(details, pa.string()),
+            schema.STAGE: pa.array(["extract"] * n, pa.string()),
+            "source": pa.array([shard.uri] * n, pa.string()),
+        },
+        schema=schema.REJECTS_SCHEMA,
+    )
+
+
 def commit_shard(
     store: Storage,
     output: str,
@@ -183,16 +200,7 @@ def commit_shard(
         else:
             store.delete(emb_uri)
         if bad.num_rows:
-            rejects = pa.table(
-                {
-                    schema.ID: bad.column(schema.ID),
-                    schema.REASON: pa.array(codes, pa.string()),
-                    schema.DETAIL: pa.array(details, pa.string()),
-                    schema.STAGE: pa.array(["extract"] * bad.num_rows, pa.string()),
-                    "source": pa.array([shard.uri] * bad.num_rows, pa.string()),
-                },
-                schema=schema.REJECTS_SCHEMA,
-            )
+            rejects = _rejects_table(bad.column(schema.ID).to_pylist(), codes, details, shard)
             size = store.write_parquet(rej_uri, rejects.replace_schema_metadata(meta))
             record.update(rejects_file=rej_uri, rejects_bytes=size)
         else:
@@ -234,15 +242,8 @@ def _move_to_rejects(
     mask = pa.array([i in dup for i in table.column(schema.ID).to_pylist()], pa.bool_())
     ok, bad = table.filter(pc.invert(mask)), table.filter(mask)
     ids = bad.column(schema.ID).to_pylist()
-    moved = pa.table(
-        {
-            schema.ID: pa.array(ids, pa.string()),
-            schema.REASON: pa.array(["duplicate_id"] * len(ids), pa.string()),
-            schema.DETAIL: pa.array([f"also in shard {dup[i]}" for i in ids], pa.string()),
-            schema.STAGE: pa.array(["extract"] * len(ids), pa.string()),
-            "source": pa.array([shard.uri] * len(ids), pa.string()),
-        },
-        schema=schema.REJECTS_SCHEMA,
+    moved = _rejects_table(
+        ids, ["duplicate_id"] * len(ids), [f"also in shard {dup[i]}" for i in ids], shard
     )
     if record.get("rejects_file"):
         moved = pa.concat_tables([store.read_parquet(rej_uri).cast(schema.REJECTS_SCHEMA), moved])
