@@ -130,10 +130,29 @@ class ExtractConfig(Strict):
     max_reject_fraction: float = Field(
         0.05, ge=0, le=1, description="Fail the job when more than this share of rows is rejected."
     )
-    shards_per_wave: int = Field(
-        64,
+    shards_per_wave: int | None = Field(
+        None,
         ge=1,
-        description="Input shards committed together; a killed run redoes at most one wave.",
+        description="None: every pending shard in one streaming dataset, each committed as soon "
+        "as its last row is written. N: streams of N shards one after another (the encoders "
+        "idle while a stream drains; for very many shards, it bounds one plan's size).",
+    )
+    decode_num_cpus: float | None = Field(
+        None,
+        gt=0,
+        le=256,
+        description="CPUs reserved by each decode task (decode, check, resize, tokenise); None: "
+        "0.5, or 0.45 where that equals another stage's. It must differ from the read tasks' "
+        "and, without a GPU, the encoders': Ray Data fuses operators of equal resources into "
+        "one task, which would put decode back in series with the read or the forward.",
+    )
+    decode_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Most decode tasks at once; None: as many as the free CPUs allow.",
+    )
+    decode_batch_size: int = Field(
+        64, ge=1, le=65536, description="Rows per call of the decode step."
     )
     max_rows_per_shard: int | None = Field(
         None, ge=1, description="Stop after this many rows per input shard (smoke runs)."
@@ -169,6 +188,34 @@ class ExtractConfig(Strict):
         description="Where `image_path` may point besides the corpus root (prefixes: a folder or "
         "s3://bucket/prefix). Any other path is rejected as outside_corpus.",
     )
+
+    @property
+    def decode_cpus(self) -> float:
+        """decode_num_cpus, or its default: 0.5 unless that would fuse it with another stage."""
+        if self.decode_num_cpus is not None:
+            return self.decode_num_cpus
+        taken = {self.num_cpus_per_task}
+        if not self.num_gpus_per_worker:
+            taken.add(self.num_cpus_per_worker)
+        return 0.5 if 0.5 not in taken else 0.45 if 0.45 not in taken else 0.55
+
+    @model_validator(mode="after")
+    def _stages_stay_apart(self) -> ExtractConfig:
+        if self.decode_num_cpus is None:
+            return self
+        if self.decode_num_cpus == self.num_cpus_per_task:
+            raise ValueError(
+                f"extract.decode_num_cpus ({self.decode_num_cpus}) equals "
+                "extract.num_cpus_per_task: Ray Data would fuse reading and decoding into one "
+                "task per shard; give them different values"
+            )
+        if not self.num_gpus_per_worker and self.decode_num_cpus == self.num_cpus_per_worker:
+            raise ValueError(
+                f"extract.decode_num_cpus ({self.decode_num_cpus}) equals "
+                "extract.num_cpus_per_worker: Ray Data would fuse decoding into the encoder "
+                "actors, in series with the forward; give them different values"
+            )
+        return self
 
 
 # The authors' recipe (arXiv 2502.02048, as their code runs it): the "paper" preset fills these in; head shape comes from

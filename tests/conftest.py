@@ -75,6 +75,8 @@ def ray_local():
     """One local Ray for the session: 2 CPUs, a capped object store, no dashboard."""
     import ray
 
+    from adapt.rayutil import local_system_config
+
     if not ray.is_initialized():
         ray.init(
             address="local",
@@ -83,6 +85,7 @@ def ray_local():
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            _system_config=local_system_config(2),
         )
     yield ray
     ray.shutdown()

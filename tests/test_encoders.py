@@ -216,3 +216,42 @@ def test_the_simulated_accelerator_is_deterministic_and_named_strictly():
     for bad in ("sim:fast", "sim:1xwide", "sim:"):
         with pytest.raises(ValueError):
             encoders.parse_name(bad)
+
+
+@pytest.mark.parametrize(
+    "kind,modality",
+    [("bert", "text"), ("vit", "image"), ("clip", "image"), ("clip", "text"), ("sim", "image")],
+)
+def test_the_decode_stage_preprocessor_is_the_encoders_own(tiny_models, kind, modality):
+    """build_preprocessor (no weights, what decode workers run) prepares rows exactly as the
+    encoder's own preprocessing does, and describes itself the same (the fingerprint)."""
+    name = {
+        "bert": f"hf:{tiny_models['bert']}",
+        "vit": f"hf:{tiny_models['vit']}",
+        "clip": f"open_clip:{tiny_models['clip']}",
+        "sim": "sim:0x8",
+    }[kind]
+    spec = EncoderSpec(name=name)
+    light = encoders.build_preprocessor(spec, modality)
+    enc = encoders.build_encoder(spec, modality)
+    assert light.describe() == enc.prep.describe()
+    if modality == "image":
+        items = [Image.new("RGB", (40 + 9 * i, 30 + 5 * i), (60 * i, 90, 200)) for i in range(3)]
+    else:
+        items = ["the cat", "a red dog smiles at the sun", ""]
+    for a, b in zip(light.prepare(items), enc.prep.prepare(items), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_prepared_rows_embed_as_the_whole_batch_would(tiny_models):
+    """Unpadded token ids collated per batch give the embeddings of padding the batch at once
+    (the tokenizer's own padding), and a row embeds the same alone or in a batch."""
+    import torch
+
+    enc = encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}"), "text")
+    texts = ["the cat", "a red dog smile at the bright sun today", "moon"]
+    with torch.inference_mode():
+        ref = enc.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        direct = enc.forward(dict(ref))
+    np.testing.assert_allclose(enc.embed(texts), direct, atol=1e-5)
+    np.testing.assert_allclose(enc.embed(texts[1:2])[0], direct[1], atol=1e-5)

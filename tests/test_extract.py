@@ -305,3 +305,81 @@ def test_optional_modality_missing_keeps_the_row_with_a_null(tmp_path, ray_local
     assert images["r0002"] is None and len(images["r0001"]) == 32
     emb = load_embeddings(store, output)  # a head needs every modality: the row is left out
     assert len(emb) == 7 and emb.manifest["dropped_incomplete"] == 1
+
+
+def test_shards_commit_while_the_encoders_work_on_later_ones(tmp_path, ray_local):
+    """One streaming dataset: the first shard is committed before the encoder's last forward
+    starts, and every row still lands once with its commit record."""
+    from datetime import datetime
+
+    store = Storage()
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "out")
+    n = cf.write_corpus(store, corpus, "parquet", n=96, n_shards=6)
+    cfg = load_config(
+        data={
+            "corpus": corpus,
+            "output": output,
+            "encoders": {"image": "sim:150x8", "text": "sim:0x8"},
+            "extract": {"batch_size": 4, "max_reject_fraction": 0.5, "num_cpus_per_worker": 0.2},
+        }
+    )
+    result = run_extract(cfg, store)
+    assert result.embedded + result.rejected == n
+    ids = output_rows(store, output)
+    assert len(ids) == n and len(set(ids)) == n
+    records = [store.read_json(f) for f in store.list_files(join(output, "embeddings", "_commits"))]
+    assert len(records) == 6
+    first_commit = min(datetime.fromisoformat(r["committed_at"]).timestamp() for r in records)
+    enc = result.encoders
+    assert enc["encoders"] == 1 and 0 < enc["busy_fraction"] <= 1.0
+    assert first_commit < enc["last_forward_start"], "the first commit waited for the stream"
+
+
+def _physical_operators(ds) -> list[str]:
+    from ray.data._internal.util import explain_plan
+
+    text = explain_plan(ds._logical_plan).split("Physical Plan (Optimized)")[1]
+    return [line.strip(" +-") for line in text.splitlines()[1:] if line.strip()]
+
+
+def test_decode_runs_in_its_own_operator_not_in_the_encoder_actor():
+    """Ray Data fuses operators of equal resources into one task: the plan keeps read, decode,
+    encode and write apart, and a config that would fuse decode into the encoders is refused."""
+    from adapt.extract.readers import Shard
+    from adapt.extract.stage import _pipeline
+
+    cfg = load_config(data={**BASE, "encoders": {"image": "sim:0"}})
+    ds = _pipeline(cfg, Storage(), [Shard(uri="u", format="parquet", key="k")], {}, "w")
+    ops = _physical_operators(ds)
+    for stage in ("read_shards", "decode_rows", "EncodeWorker", "write_pieces"):
+        assert sum(stage in op for op in ops) == 1, ops
+        assert [op for op in ops if stage in op][0].count("->") == 0, ops
+    with pytest.raises(ValueError, match="fuse decoding into the encoder"):
+        load_config(data={**BASE, "extract": {"decode_num_cpus": 1.0, "num_cpus_per_worker": 1}})
+    with pytest.raises(ValueError, match="fuse reading and decoding"):
+        load_config(data={**BASE, "extract": {"decode_num_cpus": 0.25}})
+    # The default steps aside from another stage's value instead.
+    auto = load_config(data={**BASE, "extract": {"num_cpus_per_worker": 0.5}}).extract
+    assert auto.decode_cpus == 0.45
+
+
+def test_busy_log_measures_forwards_over_their_span_and_its_steady_state():
+    from adapt.extract.stage import BusyLog
+
+    log = BusyLog()
+    # One actor: 20 forwards of 1 s back to back, but a 10 s start-up gap after the first one.
+    t = 0.0
+    for k in range(20):
+        log.add("a", t, t + 1.0)
+        t += 1.0 + (10.0 if k == 0 else 0.0)
+    # A second actor, busy half of its time.
+    for k in range(10):
+        log.add("b", 100.0 + 2 * k, 101.0 + 2 * k)
+    s = log.summary()
+    assert s["encoders"] == 2 and s["forwards"] == 30
+    assert s["busy_s"] == 30.0
+    assert s["span_s"] == 30.0 + 19.0
+    assert s["busy_fraction"] == 30.0 / 49.0
+    # Steady state: the first and last two of a's forwards and the first and last of b's go.
+    assert s["steady_busy_fraction"] == (16.0 + 8.0) / (16.0 + 15.0)
+    assert s["last_forward_start"] == 118.0

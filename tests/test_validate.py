@@ -117,13 +117,19 @@ def test_a_decompression_bomb_is_refused_from_its_header():
         decode_image(bomb_png(), max_pixels=100_000_000)
     assert decode_image(png(0)).size == (24, 24)
 
+    import numpy as np
+
+    class NeverPrep:
+        def prepare(self, items):
+            assert not items, "a refused image reaches no preprocessing"
+            return []
+
     class Never:
         dim = 4
+        prep = NeverPrep()
 
-        def embed(self, items, timings=None):
-            assert not items, "a refused image reaches no encoder"
-            import numpy as np
-
+        def embed_batches(self, loaders, pool=None, timings=None, busy=None):
+            assert not loaders, "a refused image reaches no encoder"
             return np.zeros((0, 4), np.float32)
 
     import pyarrow as pa

@@ -16,6 +16,7 @@ Names (parsed at config load without importing torch, so a typo fails in millise
                                    milliseconds per batch that uses no CPU (`adapt.encoders.simulated`).
 
 `build_encoder(spec, modality, device, dtype)` loads one; it is called inside a worker, once.
+`build_preprocessor(spec, modality)` builds only its host-side preprocessing, without weights.
 """
 
 from __future__ import annotations
@@ -97,22 +98,40 @@ def build_encoder(spec, modality: str, device: str = "cpu", dtype: str = "float3
         from adapt.encoders import offline
 
         name = offline.resolve_alias(name.model)
+    cls = _encoder_class(name, modality)
+    if name.scheme in ("sim", "open_clip"):
+        return cls(name, spec, modality, device=device, dtype=dtype)
+    return cls(name, spec, device=device, dtype=dtype)
+
+
+def _encoder_class(name: EncoderName, modality: str):
     if name.scheme == "hf":
         from adapt.encoders.hf import HFTextEncoder, HFVisionEncoder
 
-        cls = HFTextEncoder if modality == "text" else HFVisionEncoder
-        return cls(name, spec, device=device, dtype=dtype)
+        return HFTextEncoder if modality == "text" else HFVisionEncoder
     if name.scheme == "sim":
         from adapt.encoders.simulated import SimulatedEncoder
 
-        return SimulatedEncoder(name, spec, modality, device=device, dtype=dtype)
+        return SimulatedEncoder
     if name.scheme == "open_clip":
         from adapt.encoders.openclip import OpenClipEncoder
 
-        return OpenClipEncoder(name, spec, modality, device=device, dtype=dtype)
+        return OpenClipEncoder
     from adapt.encoders.vision import VisionEncoder
 
-    return VisionEncoder(name, spec, device=device, dtype=dtype)
+    return VisionEncoder
+
+
+def build_preprocessor(spec, modality: str):
+    """The host-side preprocessor of the encoder `spec` for `modality` (`adapt.encoders.prep`),
+    built without loading its weights: what extract's decode stage runs."""
+    name = parse_name(spec.name)
+    check_modality(name, modality)
+    if name.scheme == "alias":
+        from adapt.encoders import offline
+
+        name = offline.resolve_alias(name.model)
+    return _encoder_class(name, modality).make_prep(name, spec, modality)
 
 
 def static_fingerprint(spec, modality: str) -> dict:

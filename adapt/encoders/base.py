@@ -1,7 +1,9 @@
 """What every encoder shares: device and dtype choice, output normalisation, fingerprints.
 
-An encoder is a frozen model behind two pure calls: `preprocess(items)` (decoded PIL images or
-strings -> model inputs) and `forward(inputs)` (-> float32 numpy [B, dim]). Its fingerprint says
+An encoder is a frozen model behind three pure calls: `prep.prepare(items)` (decoded PIL images or
+strings -> one ready array per row, host-side, no model: `adapt.encoders.prep`), `collate(rows)`
+(-> a batch of model inputs on the encoder's device) and `forward(inputs)` (-> float32 numpy
+[B, dim]). Extract runs the first in its decode stage and the other two in its encoder actors. Its fingerprint says
 exactly what produced an embedding: name, weights hash, preprocessing, pooling, dtype and library
 versions. Two runs with equal fingerprints produce comparable embeddings; any change makes a new one.
 """
@@ -88,10 +90,12 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 class Encoder:
-    """Base class: subclasses set `modality`, `dim`, `self.model` and implement the two calls."""
+    """Base class: subclasses set `modality`, `dim`, `self.model`, `self.prep` (from their
+    `make_prep`, which the decode stage calls too) and implement `collate` and `forward`."""
 
     modality: str
     dim: int
+    prep: Any
 
     def __init__(self, name, spec, device: str = "cpu", dtype: str = "float32"):
         self.name = name
@@ -99,8 +103,22 @@ class Encoder:
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype, self.device)
 
-    def preprocess(self, items: list) -> Any:
+    @classmethod
+    def make_prep(cls, name, spec, modality: str) -> Any:
+        """The host-side preprocessor of this encoder, built without its weights."""
         raise NotImplementedError
+
+    def collate(self, rows: list[np.ndarray]) -> Any:
+        """Prepared rows -> one batch of model inputs on the device."""
+        raise NotImplementedError
+
+    def collate_description(self) -> str:
+        """What `collate` does to the prepared rows beyond stacking them (part of the fingerprint)."""
+        return ""
+
+    def preprocess(self, items: list) -> Any:
+        """Decoded items -> model inputs on the device: prepare and collate in one call."""
+        return self.collate(self.prep.prepare(items))
 
     def forward(self, inputs: Any) -> np.ndarray:
         raise NotImplementedError
@@ -109,7 +127,8 @@ class Encoder:
         raise NotImplementedError
 
     def preprocess_description(self) -> str:
-        raise NotImplementedError
+        extra = self.collate_description()
+        return self.prep.describe() + (f"; {extra}" if extra else "")
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -133,14 +152,68 @@ class Encoder:
 
         `timings`, when given, accumulates seconds spent in `preprocess_s` and `forward_s`.
         """
-        if not items:
+        t0 = time.perf_counter()
+        rows = self.prep.prepare(items) if items else []
+        if timings is not None:
+            timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + time.perf_counter() - t0
+        return self.embed_prepared(rows, timings)
+
+    def embed_batches(
+        self,
+        loaders: list,
+        pool=None,
+        timings: dict | None = None,
+        busy: list | None = None,
+    ) -> np.ndarray:
+        """Embed batch after batch: `loaders[k]()` returns batch k's prepared rows. With `pool`
+        (a thread pool), batch k + 1 is loaded and collated while batch k is in forward, so the
+        device does not wait on the host between batches (a GPU forward and a `time.sleep`
+        release the GIL). `timings` and `busy` as in `embed_prepared`."""
+        if not loaders:
+            return np.zeros((0, self.dim), dtype=np.float32)
+
+        def load(k: int):
+            t0 = time.perf_counter()
+            inputs = self.collate(loaders[k]())
+            if timings is not None:
+                timings["collate_s"] = timings.get("collate_s", 0.0) + time.perf_counter() - t0
+            return inputs
+
+        outs = []
+        ahead = pool.submit(load, 0) if pool is not None else None
+        for k in range(len(loaders)):
+            inputs = ahead.result() if pool is not None else load(k)
+            if pool is not None and k + 1 < len(loaders):
+                ahead = pool.submit(load, k + 1)
+            with torch.inference_mode():
+                t1, w1 = time.perf_counter(), time.time()
+                outs.append(self.forward(inputs).astype(np.float32, copy=False))
+                t2, w2 = time.perf_counter(), time.time()
+            if timings is not None:
+                timings["forward_s"] = timings.get("forward_s", 0.0) + t2 - t1
+            if busy is not None:
+                busy.append((w1, w2))
+        return np.concatenate(outs)
+
+    def embed_prepared(
+        self, rows: list[np.ndarray], timings: dict | None = None, busy: list | None = None
+    ) -> np.ndarray:
+        """Embed prepared rows (`prep.prepare`'s output) in one forward pass.
+
+        `timings` accumulates `collate_s` and `forward_s`; `busy`, when given, gets the
+        (start, end) wall-clock seconds of the forward: the accelerator's busy interval.
+        """
+        if not rows:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            inputs = self.preprocess(items)
-            t1 = time.perf_counter()
+            inputs = self.collate(rows)
+            t1, w1 = time.perf_counter(), time.time()
             out = self.forward(inputs).astype(np.float32, copy=False)
+            t2, w2 = time.perf_counter(), time.time()
         if timings is not None:
-            timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + t1 - t0
-            timings["forward_s"] = timings.get("forward_s", 0.0) + time.perf_counter() - t1
+            timings["collate_s"] = timings.get("collate_s", 0.0) + t1 - t0
+            timings["forward_s"] = timings.get("forward_s", 0.0) + t2 - t1
+        if busy is not None:
+            busy.append((w1, w2))
         return out

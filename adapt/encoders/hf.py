@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from adapt.encoders.base import Encoder, sha256_weights_dir
+from adapt.encoders.prep import ProcessorPrep, TokenPrep, pad_rows
 
 
 def _weights_id(model_ref: str, model) -> str:
@@ -38,11 +39,18 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
 class HFTextEncoder(Encoder):
     modality = "text"
 
+    @classmethod
+    def make_prep(cls, name, spec, modality: str = "text") -> TokenPrep:
+        from transformers import AutoTokenizer
+
+        return TokenPrep(AutoTokenizer.from_pretrained(name.model), spec.max_length)
+
     def __init__(self, name, spec, device="cpu", dtype="float32"):
         super().__init__(name, spec, device, dtype)
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name.model)
+        self.prep = self.make_prep(name, spec)
+        self.tokenizer = self.prep.tokenizer
         self.model = AutoModel.from_pretrained(name.model, dtype=self.torch_dtype)
         self.model.eval().to(self.device)
         # Sentence-embedding models are trained with mean pooling; CLS is BERT's own convention.
@@ -57,20 +65,13 @@ class HFTextEncoder(Encoder):
     def weights_id(self) -> str:
         return self._weights
 
-    def preprocess_description(self) -> str:
-        return (
-            f"{type(self.tokenizer).__name__}(max_length={self.spec.max_length}, truncation=True)"
-        )
-
-    def preprocess(self, items: list[str]):
+    def collate(self, rows: list[np.ndarray]) -> dict:
         # Pad to the longest row of the batch, not to max_length: most texts are short.
-        return self.tokenizer(
-            items,
-            padding=True,
-            truncation=True,
-            max_length=self.spec.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        ids, mask = pad_rows(rows, self.prep.pad_id)
+        return {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+        }
 
     def forward(self, inputs) -> np.ndarray:
         out = self.model(**inputs)
@@ -82,11 +83,18 @@ class HFTextEncoder(Encoder):
 class HFVisionEncoder(Encoder):
     modality = "image"
 
+    @classmethod
+    def make_prep(cls, name, spec, modality: str = "image") -> ProcessorPrep:
+        from transformers import AutoImageProcessor
+
+        return ProcessorPrep(AutoImageProcessor.from_pretrained(name.model))
+
     def __init__(self, name, spec, device="cpu", dtype="float32"):
         super().__init__(name, spec, device, dtype)
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoModel
 
-        self.processor = AutoImageProcessor.from_pretrained(name.model)
+        self.prep = self.make_prep(name, spec)
+        self.processor = self.prep.processor
         self.model = AutoModel.from_pretrained(name.model, dtype=self.torch_dtype)
         self.model.eval().to(self.device)
         self.pooling = spec.pooling or "cls"
@@ -99,12 +107,8 @@ class HFVisionEncoder(Encoder):
     def weights_id(self) -> str:
         return self._weights
 
-    def preprocess_description(self) -> str:
-        return repr(self.processor.to_dict())
-
-    def preprocess(self, items):
-        px = self.processor(images=items, return_tensors="pt")["pixel_values"]
-        return px.to(self.device, self.torch_dtype)
+    def collate(self, rows: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(rows)).to(self.device, self.torch_dtype)
 
     def forward(self, pixel_values) -> np.ndarray:
         out = self.model(pixel_values=pixel_values)

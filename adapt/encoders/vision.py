@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from adapt.encoders.base import Encoder, sha256_file
+from adapt.encoders.prep import PixelPrep
 
 
 def load_state_dict_by_order(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
@@ -53,23 +54,39 @@ def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _data_config(name) -> tuple[int, tuple, tuple, float]:
+    """(size, mean, std, crop_pct) of a timm or torchvision architecture, without building it."""
+    if name.scheme == "timm":
+        import timm
+
+        try:
+            pretrained_cfg = timm.models.get_pretrained_cfg(name.model).to_dict()
+        except (AttributeError, RuntimeError):  # an architecture timm has no default config for
+            pretrained_cfg = {}
+        cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg)
+        return (
+            cfg["input_size"][-1],
+            tuple(cfg["mean"]),
+            tuple(cfg["std"]),
+            cfg.get("crop_pct", 0.875),
+        )
+    return 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875
+
+
 class VisionEncoder(Encoder):
     """timm:ARCH[@WEIGHTS] or torchvision:ARCH[@WEIGHTS]; pooled pre-classifier features."""
 
     modality = "image"
 
-    def __init__(
-        self,
-        name,
-        spec,
-        device="cpu",
-        dtype="float32",
-        mean=None,
-        std=None,
-        input_size: int | None = None,
-    ):
+    @classmethod
+    def make_prep(cls, name, spec, modality: str = "image") -> PixelPrep:
+        size, _, _, crop_pct = _data_config(name)
+        return PixelPrep(size, crop_pct, "bicubic")
+
+    def __init__(self, name, spec, device="cpu", dtype="float32"):
         super().__init__(name, spec, device, dtype)
         self.pooling = "pooled"
+        size, mean, std, crop_pct = _data_config(name)
         if name.scheme == "timm":
             import timm
 
@@ -77,10 +94,6 @@ class VisionEncoder(Encoder):
             model = timm.create_model(name.model, pretrained=False)
             self._load(model, name.pretrained)
             model.reset_classifier(0)
-            cfg = timm.data.resolve_data_config({}, model=model)
-            size = input_size or cfg["input_size"][-1]
-            mean, std = mean or cfg["mean"], std or cfg["std"]
-            crop_pct = cfg.get("crop_pct", 0.875)
         else:
             import torchvision
 
@@ -90,13 +103,13 @@ class VisionEncoder(Encoder):
                 if hasattr(model, attr):
                     setattr(model, attr, torch.nn.Identity())
                     break
-            size = input_size or 224
-            mean, std = mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225)
-            crop_pct = 0.875
         self.model = model.eval().to(self.device, self.torch_dtype)
+        self.prep = PixelPrep(size, crop_pct, "bicubic")
         self.size, self.mean, self.std, self.crop_pct = size, tuple(mean), tuple(std), crop_pct
-        self._scale = (1.0 / (255.0 * torch.tensor(self.std))).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add per channel, on the device.
+        self._scale = (1.0 / (255.0 * torch.tensor(self.std))).view(1, 3, 1, 1).to(self.device)
         self._shift = (-torch.tensor(self.mean) / torch.tensor(self.std)).view(1, 3, 1, 1)
+        self._shift = self._shift.to(self.device)
         self.runtime = spec.runtime
         if self.runtime == "auto":
             self.runtime = "onnx" if self.device == "cpu" else "torch"
@@ -128,42 +141,17 @@ class VisionEncoder(Encoder):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "runtime": self.runtime}
 
-    def preprocess_description(self) -> str:
-        resize = int(round(self.size / self.crop_pct))
-        return (
-            f"rgb; resize shorter side {resize} bicubic and center crop {self.size} in one pass; "
-            f"mean {self.mean}; std {self.std}"
-        )
+    def collate_description(self) -> str:
+        return f"mean {self.mean}; std {self.std}"
 
-    def crop_box(self, w: int, h: int) -> tuple[float, float, float, float]:
-        """The source region that 'resize shorter side to size/crop_pct, center crop size' keeps."""
-        resize = self.size / self.crop_pct
-        side = self.size * min(w, h) / resize  # the crop's side, in source pixels
-        left, top = (w - side) / 2, (h - side) / 2
-        return (left, top, left + side, top + side)
-
-    def preprocess(self, items) -> torch.Tensor:
-        """PIL images -> normalised float tensor [B, 3, size, size].
-
-        Resize and center crop happen in one resampling pass over the kept region (PIL's `box`),
-        which equals resize-then-crop up to edge rounding and costs a third of it for small inputs.
-        """
-        from PIL import Image
-
-        # Channels-first while still uint8: transposing floats costs four times the bytes.
-        batch = np.empty((len(items), 3, self.size, self.size), dtype=np.uint8)
-        for i, img in enumerate(items):
-            img = img.convert("RGB")
-            resized = img.resize(
-                (self.size, self.size), Image.Resampling.BICUBIC, box=self.crop_box(*img.size)
-            )
-            batch[i] = np.asarray(resized).transpose(2, 0, 1)
-        x = torch.from_numpy(batch).float()
-        # (x / 255 - mean) / std as one multiply-add per channel.
-        x = x.mul_(self._scale).add_(self._shift)
+    def collate(self, rows: list[np.ndarray]) -> torch.Tensor:
+        """uint8 [3, size, size] rows -> normalised [B, 3, size, size] on the device: the bytes
+        cross to the device as uint8, a quarter of float32's."""
+        x = torch.from_numpy(np.stack(rows)).to(self.device, non_blocking=True)
+        x = x.float().mul_(self._scale).add_(self._shift)
         if self.runtime == "torch":
             x = x.contiguous(memory_format=torch.channels_last)
-        return x.to(self.device, self.torch_dtype)
+        return x.to(self.torch_dtype)
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
         out = self.model(x)

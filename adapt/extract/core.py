@@ -1,7 +1,8 @@
-"""Extract stage core: decode and check one batch of rows, embed it. No Ray, no storage."""
+"""Extract stage core: decode, check and preprocess one batch of rows; embed it. No Ray, no storage."""
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 
@@ -9,8 +10,12 @@ import numpy as np
 import pyarrow as pa
 
 from adapt import schema
+from adapt.encoders.prep import from_bytes, to_bytes
 from adapt.extract import readers
 from adapt.extract.validate import reject
+
+# Raw cells the decode stage replaces with prepared rows: they do not travel to the encoders.
+RAW_COLUMNS = (schema.TEXT, schema.IMAGE, schema.IMAGE_PATH)
 
 # Largest image decoded, in pixels (extract.max_image_pixels): the decompression-bomb guard.
 MAX_IMAGE_PIXELS = 100_000_000
@@ -59,19 +64,26 @@ def _prepare(modality: str, value, max_pixels: int = MAX_IMAGE_PIXELS):
         return None, reject("corrupt_image", f"{type(e).__name__}: {e}")
 
 
-def embed_batch(
-    encoders: dict,
+def input_column(modality: str) -> str:
+    """The column of a modality's prepared rows (`.npy` bytes) between decode and encode."""
+    return f"_in_{modality}"
+
+
+def prepare_batch(
+    preps: dict,
     table: pa.Table,
     required: list[str],
     timings: dict | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> pa.Table:
-    """Embed one batch. Returns every input row: embeddings where possible, `_error` otherwise.
+    """The decode stage: decode, check and preprocess one batch, on a CPU worker.
 
-    A row is rejected when it already carries a read error, when a required modality is missing,
-    empty or corrupt. An optional modality that is missing leaves its embedding null. Rows marked
-    reusable (unchanged since the last run) are passed through unembedded; the commit copies theirs.
-    `timings`, when given, accumulates seconds for decode, preprocess and forward.
+    Returns every input row, its raw text and image replaced by one column of prepared rows per
+    modality (`input_column`): null where the row is rejected, reused, or its optional modality
+    is missing. A row is rejected when it already carries a read error, or when a required
+    modality is missing, empty or corrupt (a present-but-bad optional value too): its reason is
+    in `_error`. Rows marked reusable (unchanged since the last run) are passed through, not
+    decoded. `timings`, when given, accumulates `decode_s` and `preprocess_s`.
     """
     t_decode = time.perf_counter()
     n = table.num_rows
@@ -86,7 +98,7 @@ def embed_batch(
         else [False] * n
     )
     items: dict[str, list] = {}
-    for modality in sorted(encoders):
+    for modality in sorted(preps):
         column = (
             table.column(modality).to_pylist() if modality in table.column_names else [None] * n
         )
@@ -100,15 +112,58 @@ def embed_batch(
                 errors[i] = reason  # a present-but-bad value is an error even when optional
             prepared.append(item)
         items[modality] = prepared
+    t_prep = time.perf_counter()
+    out = {c: table.column(c) for c in table.column_names if c not in RAW_COLUMNS}
+    for modality, prep in sorted(preps.items()):
+        rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
+        arrays = prep.prepare([items[modality][i] for i in rows]) if rows else []
+        cells: list[bytes | None] = [None] * n
+        for i, array in zip(rows, arrays, strict=True):
+            cells[i] = to_bytes(array)
+        out[input_column(modality)] = pa.array(cells, pa.binary())
+    out[readers.ERROR] = pa.array(errors, pa.string())
     if timings is not None:
-        timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t_decode
-    keep = (schema.ID, schema.SPLIT, schema.CONTENT_HASH, readers.SHARD, readers.REUSE)
+        timings["decode_s"] = timings.get("decode_s", 0.0) + t_prep - t_decode
+        timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + time.perf_counter() - t_prep
+    return pa.table(out)
+
+
+def encode_batch(
+    encoders: dict,
+    table: pa.Table,
+    timings: dict | None = None,
+    busy: list | None = None,
+    forward_rows: int | None = None,
+    pool=None,
+) -> pa.Table:
+    """The encode stage: prepared rows (`prepare_batch`'s output) -> embeddings, forwards of up
+    to `forward_rows` rows per modality (None: one), the next one collated on `pool` while one
+    runs. Returns every row; a non-finite vector rejects its row. `timings` accumulates
+    `collate_s` and `forward_s`; `busy` gets each forward's (start, end) wall-clock seconds."""
+    n = table.num_rows
+    errors = table.column(readers.ERROR).to_pylist()
+    keep = (
+        schema.ID,
+        schema.SPLIT,
+        schema.CONTENT_HASH,
+        readers.SHARD,
+        readers.REUSE,
+        readers.SHARD_ROWS,
+    )
     out = {
         c: table.column(c) for c in table.column_names if c.startswith(schema.LABEL) or c in keep
     }
     for modality, encoder in sorted(encoders.items()):
-        rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
-        vectors = encoder.embed([items[modality][i] for i in rows], timings)
+        name = input_column(modality)
+        column = table.column(name) if name in table.column_names else pa.nulls(n, pa.binary())
+        present = column.is_valid().to_pylist()
+        rows = [i for i in range(n) if errors[i] is None and present[i]]
+        step = forward_rows or max(1, len(rows))
+        loaders = [
+            functools.partial(_load_rows, column, rows[k : k + step])
+            for k in range(0, len(rows), step)
+        ]
+        vectors = encoder.embed_batches(loaders, pool, timings, busy)
         if not np.all(np.isfinite(vectors)):
             bad = {rows[j] for j in np.where(~np.isfinite(vectors).all(axis=1))[0]}
             for i in bad:
@@ -123,3 +178,22 @@ def embed_batch(
         )
     out[readers.ERROR] = pa.array(errors, pa.string())
     return pa.table(out)
+
+
+def _load_rows(column: pa.ChunkedArray, rows: list[int]) -> list[np.ndarray]:
+    return [from_bytes(b) for b in column.take(pa.array(rows, pa.int64())).to_pylist()]
+
+
+def embed_batch(
+    encoders: dict,
+    table: pa.Table,
+    required: list[str],
+    timings: dict | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> pa.Table:
+    """Decode, check and embed one batch in one process: `prepare_batch` then `encode_batch`.
+    Returns every input row: embeddings where possible, `_error` otherwise; an optional modality
+    that is missing leaves its embedding null."""
+    preps = {m: e.prep for m, e in encoders.items()}
+    prepared = prepare_batch(preps, table, required, timings, max_pixels)
+    return encode_batch(encoders, prepared, timings)

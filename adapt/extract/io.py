@@ -20,46 +20,59 @@ from adapt import layout, schema
 from adapt.config import Config
 from adapt.extract import readers
 from adapt.extract.validate import split_error
-from adapt.extract.workers import META
+from adapt.extract.workers import META, batch_metas
 from adapt.storage import Storage, basename
 
 LINEAGE_KEY = b"adapt.lineage"
 
 
 def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.Table:
-    """Write one embedded batch to staging, split by input shard; return a summary row per piece."""
+    """Write one embedded batch to staging, split by input shard; return a summary row per piece:
+    its shard, file and rows, the shard's row count when this batch holds the shard's last block
+    (`shard_rows`), and, on the first row, the batch's fingerprints, timings and encoder busy
+    intervals (JSON)."""
     summary = defaultdict(list)
-    t0 = time.perf_counter()
-    metas = [json.loads(m) for m in table.column(META).to_pylist() if m]
-    fingerprints = json.dumps(json.loads(metas[0]["fingerprints"]) if metas else {})
+    t0, cpu = time.perf_counter(), time.process_time()
+    metas = batch_metas(table)
+    fingerprints = next((m["fingerprints"] for m in metas if m.get("fingerprints")), {})
     timings: dict[str, float] = defaultdict(float)
+    busy = []
     for m in metas:
-        for k, v in m["timings"].items():
+        for k, v in m.get("timings", {}).items():
             timings[k] += v
-    table = table.drop_columns([META])
+        busy.extend(m.get("busy", []))
+    table = table.drop_columns([c for c in (META,) if c in table.column_names])
+    counts = table.column(readers.SHARD_ROWS) if readers.SHARD_ROWS in table.column_names else None
     for key in sorted(set(table.column(readers.SHARD).to_pylist())):
-        part = table.filter(pc.equal(table.column(readers.SHARD), key))
+        mask = pc.equal(table.column(readers.SHARD), key)
+        part = table.filter(mask)
         uri = layout.staged_piece(output, wave, key, uuid.uuid4().hex)
-        store.write_parquet(uri, schema.storable(part.drop_columns([readers.SHARD])))
+        drop = [c for c in (readers.SHARD, readers.SHARD_ROWS) if c in part.column_names]
+        store.write_parquet(uri, schema.storable(part.drop_columns(drop)))
         summary["shard"].append(key)
         summary["piece"].append(uri)
         summary["rows"].append(part.num_rows)
-        summary["fingerprints"].append(fingerprints)
+        summary["shard_rows"].append(
+            pc.max(counts.filter(mask)).as_py() if counts is not None else None
+        )
     timings["write_s"] += time.perf_counter() - t0
-    # Batch timings ride on the first piece's row only, so they add up once.
-    summary["timings"] = [json.dumps(timings)] + [None] * (len(summary["shard"]) - 1)
-    return pa.table(
-        dict(summary),
-        schema=pa.schema(
-            [
-                ("shard", pa.string()),
-                ("piece", pa.string()),
-                ("rows", pa.int64()),
-                ("fingerprints", pa.string()),
-                ("timings", pa.string()),
-            ]
-        ),
-    )
+    timings["write_cpu_s"] += time.process_time() - cpu
+    n = len(summary["shard"])
+    # Batch bookkeeping rides on the first piece's row only, so it adds up once.
+    extra = json.dumps({"fingerprints": fingerprints, "timings": timings, "busy": busy})
+    summary["meta"] = [extra] + [None] * (n - 1)
+    return pa.table(dict(summary), schema=PIECES_SCHEMA) if n else PIECES_SCHEMA.empty_table()
+
+
+PIECES_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("piece", pa.string()),
+        ("rows", pa.int64()),
+        ("shard_rows", pa.int64()),
+        ("meta", pa.string()),
+    ]
+)
 
 
 def _variable_lists(table: pa.Table) -> pa.Table:

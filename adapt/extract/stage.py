@@ -1,8 +1,9 @@
 """The extract stage: frozen encoders over a corpus, embeddings to Parquet, every row accounted for.
 
-Wave by wave: list the shards, skip those committed with the same source and encoders, run the
-Ray Data pipeline (read -> embed -> write pieces) over a wave's shards, then commit each shard
-(`adapt.extract.io`); the manifest comes last. Embedded + rejected = input, for every shard.
+List the shards, skip those committed with the same source and encoders, then run one streaming
+Ray Data pipeline over the rest (read -> decode -> encode -> write pieces; `adapt.extract.workers`)
+and commit each shard as soon as its last row is written (`adapt.extract.io`), while the encoders
+go on with later shards; the manifest comes last. Embedded + rejected = input, for every shard.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-
-import pyarrow as pa
 
 from adapt import __version__ as adapt_version
 from adapt import layout
@@ -32,12 +31,20 @@ from adapt.extract.io import (
     write_pieces,
 )
 from adapt.extract.validate import Limits
-from adapt.extract.workers import EmbedWorker, read_shards
+from adapt.extract.workers import EncodeWorker, decode_rows, read_shards
 from adapt.lease import Lease
 from adapt.rayutil import init_ray
 from adapt.storage import Storage
 
 log = logging.getLogger("adapt.extract")
+
+
+# Forward batches (extract.batch_size rows each) per call of an encoder actor.
+FORWARDS_PER_CALL = 4
+
+# Rows committed by a run before its reject budget is checked while it runs (it is checked at the
+# end of every stream regardless): fewer make the share too noisy to stop a run on.
+EARLY_BUDGET_ROWS = 10_000
 
 
 class RejectBudgetExceeded(RuntimeError):
@@ -59,6 +66,17 @@ class ExtractResult:
     encoders_id: str = ""
     fingerprints: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    encoders: dict = field(default_factory=dict)  # busy_s, span_s, busy_fraction of the encoders
+
+    def _busy_line(self) -> str:
+        fraction = self.encoders.get("busy_fraction")
+        if fraction is None:
+            return ""
+        n = self.encoders["encoders"]
+        return (
+            f"  encoders in forward {fraction:.0%} of their time "
+            f"({n} actor{'s' if n != 1 else ''}, first forward to last)\n"
+        )
 
     def describe(self) -> str:
         dims = ", ".join(
@@ -71,7 +89,8 @@ class ExtractResult:
             f"  embedded {self.embedded} ({self.embedded_now} by this run), rejected {self.rejected}"
             + "".join(f"\n    {n} {code}" for code, n in self.rejected_by_reason.items())
             + "\n"
-            f"  embeddings: {self.output}  [{dims}]\n"
+            + self._busy_line()
+            + f"  embeddings: {self.output}  [{dims}]\n"
             f"  manifest:   {self.manifest}"
         )
 
@@ -157,23 +176,46 @@ def _extract_holding(
         "adapt_version": adapt_version,
         "encoders_id": encoders_id,
     }
-    timings: dict[str, float] = defaultdict(float)
-    embedded_now = 0
+    timings: dict = defaultdict(float)
     # The reject budget runs on totals over committed shards, kept up to date wave by wave.
     seen = sum(records[k]["input_rows"] for k in committed)
     rejected = sum(records[k]["rejected"] for k in committed)
-    for w in range(0, len(pending), ext.shards_per_wave):
-        wave_shards = pending[w : w + ext.shards_per_wave]
-        done = _run_wave(config, store, wave_shards, previous, signatures, lineage, timings, lease)
-        embedded_now += sum(r["newly_embedded"] for r in done)
-        seen += sum(r["input_rows"] for r in done)
-        rejected += sum(r["rejected"] for r in done)
-        _check_budget(config, seen, rejected)
-        log.info(
-            "extract: wave of %d shards done (%d rows)",
-            len(done),
-            sum(r["input_rows"] for r in done),
+    budget = {"seen": seen, "rejected": rejected, "embedded_now": 0, "shards": 0}
+    last_log = [time.perf_counter()]
+
+    def on_commit(record: dict) -> None:
+        budget["seen"] += record["input_rows"]
+        budget["rejected"] += record["rejected"]
+        budget["embedded_now"] += record["newly_embedded"]
+        budget["shards"] += 1
+        if budget["seen"] - seen >= EARLY_BUDGET_ROWS:  # enough rows to judge before the end
+            _check_budget(config, budget["seen"], budget["rejected"])
+        if time.perf_counter() - last_log[0] > 10 or budget["shards"] == len(pending):
+            last_log[0] = time.perf_counter()
+            log.info(
+                "extract: %d of %d shards committed (%d rows)",
+                budget["shards"],
+                len(pending),
+                budget["seen"] - seen,
+            )
+
+    busy = BusyLog()
+    step = ext.shards_per_wave or max(1, len(pending))
+    for w in range(0, len(pending), step):
+        _run_stream(
+            config,
+            store,
+            pending[w : w + step],
+            previous,
+            signatures,
+            lineage,
+            timings,
+            lease,
+            on_commit,
+            busy,
         )
+        _check_budget(config, budget["seen"], budget["rejected"])
+    embedded_now = budget["embedded_now"]
     lease.check()
     if pending:
         dups = quarantine_duplicates(store, config.output, shards)
@@ -204,44 +246,212 @@ def _extract_holding(
         encoders_id=encoders_id,
         fingerprints=totals["fingerprints"],
         timings=dict(timings),
+        encoders=busy.summary(),
     )
 
 
-def _run_wave(
+def _run_stream(
     config: Config,
     store: Storage,
-    wave_shards: list[readers.Shard],
+    stream_shards: list[readers.Shard],
     previous: dict[str, str],
     signatures: dict[str, dict],
     lineage: dict,
     timings: dict[str, float],
     lease: Lease,
+    on_commit,
+    busy: BusyLog,
 ) -> list[dict]:
-    """One wave: the Ray Data pipeline (read -> embed -> write pieces) over its shards, then a
-    commit task per shard; returns the shards' commit records. `timings` accumulates."""
+    """One streaming dataset over `stream_shards` (read -> decode -> encode -> write pieces); each
+    shard is committed by a task of its own as soon as all its rows are written, while the
+    encoders go on with the next shards. Returns the shards' commit records; `on_commit(record)`
+    runs as each one lands (the reject budget); `timings` accumulates and `busy` logs the
+    encoders' forwards."""
     import ray
 
     ext = config.extract
     wave = f"wave-{uuid.uuid4().hex[:12]}"
-    t_wave = time.perf_counter()
+    t_stream, cpu_stream = time.perf_counter(), time.process_time()
     commit_task = ray.remote(num_cpus=ext.num_cpus_per_task)(commit_shard)
     count_task = ray.remote(num_cpus=ext.num_cpus_per_task)(readers.count_rows)
+    by_key = {s.key: s for s in stream_shards}
     # Row counts that prove embedded + rejected = input. Parquet and manifest shards count
     # from metadata, independently of the read; a WebDataset tar has no index, so its read
     # task counts the rows it yields (one read of each tar, not two).
-    expected_refs = {
+    count_refs = {
         s.key: count_task.remote(store, s, config.corpus, ext.max_rows_per_shard)
-        for s in wave_shards
+        for s in stream_shards
         if s.format != "webdataset"
     }
+    ds = _pipeline(config, store, stream_shards, previous, wave)
+    expected: dict[str, int] = {}
+    written: dict[str, int] = defaultdict(int)
+    pieces: dict[str, list[str]] = defaultdict(list)
+    fingerprints: dict = {}
+    committing: dict = {}  # commit task ref -> shard key
+    done: list[dict] = []
+
+    def expected_rows(key: str) -> int | None:
+        if key not in expected and key in count_refs:
+            ready, _ = ray.wait([count_refs[key]], timeout=0)
+            if ready:
+                expected[key] = ray.get(ready[0])
+        return expected.get(key)
+
+    def commit(keys: list[str]) -> None:
+        lease.check()  # a run that lost its lease commits nothing more
+        for key in keys:
+            ref = commit_task.remote(
+                store,
+                config.output,
+                by_key[key],
+                pieces.pop(key, []),
+                expected[key],
+                fingerprints,
+                lineage,
+                signatures[key],
+            )
+            committing[ref] = key
+
+    def collect(block: bool) -> None:
+        if not committing:
+            return
+        ready, _ = ray.wait(list(committing), num_returns=len(committing), timeout=0)
+        if block:
+            ready = list(committing)
+        for ref in ready:
+            record = ray.get(ref)
+            committing.pop(ref)
+            done.append(record)
+            on_commit(record)
+
+    waiting = set(by_key)  # shards not yet handed to a commit task
+    uncounted: set[str] = set()  # shards with rows written whose count has not come back yet
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            touched = set(uncounted)
+            for row in batch.to_pylist():
+                key = row["shard"]
+                written[key] += row["rows"]
+                pieces[key].append(row["piece"])
+                if row["shard_rows"] is not None and by_key[key].format == "webdataset":
+                    expected[key] = row["shard_rows"]
+                if row["meta"]:
+                    meta = json.loads(row["meta"])
+                    _add_meta(meta, timings, busy)
+                    fingerprints = meta["fingerprints"] or fingerprints
+                touched.add(key)
+            complete = []
+            for key in sorted(touched):
+                want = expected_rows(key)
+                if want is None:
+                    uncounted.add(key)
+                    continue
+                uncounted.discard(key)
+                if written[key] > want:
+                    raise RuntimeError(
+                        f"shard {key}: {written[key]} rows came through the pipeline but the "
+                        f"input has {want}; nothing was committed for it, re-run to redo it"
+                    )
+                if written[key] == want and key in waiting:
+                    complete.append(key)
+            if complete:
+                waiting.difference_update(complete)
+                commit(complete)
+            collect(block=False)
+        timings["pipeline_s"] += time.perf_counter() - t_stream
+        t_commit = time.perf_counter()
+        # The stream is drained: shards that were not complete in it (no rows at all, or a count
+        # that arrived after their last piece) are committed now, with their final counts.
+        for key in sorted(waiting):
+            if key in count_refs:
+                expected[key] = ray.get(count_refs[key])
+            elif key not in expected:
+                expected[key] = store.read_json(layout.wave_count(config.output, wave, key))["rows"]
+        if waiting:
+            commit(sorted(waiting))
+        collect(block=True)
+    except BaseException:
+        # Commits already handed out finish (or fail) before the run gives its lease back, so
+        # that no commit of this run lands while another run holds the output.
+        if committing:
+            ray.wait(list(committing), num_returns=len(committing), timeout=ext.lease_ttl_s)
+        raise
+    store.delete(layout.wave_dir(config.output, wave), recursive=True)
+    timings["commit_tail_s"] += time.perf_counter() - t_commit
+    # The driver's own CPU (this loop, and Ray Data's executor threads in this process).
+    timings["driver_cpu_s"] += time.process_time() - cpu_stream
+    return done
+
+
+def _add_meta(meta: dict, timings: dict[str, float], busy: BusyLog) -> None:
+    """Sum a batch's worker seconds into `timings`, and log its encoder busy intervals."""
+    for k, v in meta.get("timings", {}).items():
+        timings[k] += v
+    for actor, start, end in meta.get("busy", []):
+        busy.add(actor, start, end)
+
+
+class BusyLog:
+    """The forwards of every encoder actor, as wall-clock (start, end) intervals: how busy the
+    accelerators were. The steady state leaves out the first and last tenth of each actor's
+    forwards (start-up and drain)."""
+
+    STEADY_TRIM = 0.1
+
+    def __init__(self) -> None:
+        self.intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def add(self, actor: str, start: float, end: float) -> None:
+        self.intervals[actor].append((start, end))
+
+    def summary(self) -> dict:
+        busy = span = steady_busy = steady_span = 0.0
+        last_start = None
+        for runs in self.intervals.values():
+            runs = sorted(runs)
+            busy += sum(b - a for a, b in runs)
+            span += runs[-1][1] - runs[0][0]
+            cut = int(len(runs) * self.STEADY_TRIM)
+            middle = runs[cut : len(runs) - cut] or runs
+            steady_busy += sum(b - a for a, b in middle)
+            steady_span += middle[-1][1] - middle[0][0]
+            last_start = max(last_start or runs[-1][0], runs[-1][0])
+        return {
+            "encoders": len(self.intervals),
+            "forwards": sum(len(r) for r in self.intervals.values()),
+            "busy_s": busy,
+            "span_s": span,
+            "busy_fraction": busy / span if span > 0 else None,
+            "steady_busy_fraction": steady_busy / steady_span if steady_span > 0 else None,
+            "last_forward_start": last_start,  # wall clock
+        }
+
+
+def _pipeline(
+    config: Config,
+    store: Storage,
+    stream_shards: list[readers.Shard],
+    previous: dict[str, str],
+    wave: str,
+):
+    """The Ray Data plan: read -> decode -> encode -> write, each operator with its own
+    resources (config.extract), so Ray Data schedules and backpressures them apart."""
+    import ray
+
+    ext = config.extract
     ds = ray.data.from_items(
-        [{"i": i} for i in range(len(wave_shards))], override_num_blocks=len(wave_shards)
+        [{"i": i} for i in range(len(stream_shards))], override_num_blocks=len(stream_shards)
     )
+    # Ray Data polls each map worker's USS every second by default; in an encoder actor that
+    # holds a model, reading its memory map took 25-70 ms with the GIL held, once a second: an
+    # idle accelerator for 3-7% of the time. This plan's own copy of the context turns it off.
+    ds.context.memory_usage_poll_interval_s = None
     ds = ds.map_batches(
         read_shards,
         fn_kwargs={
             "store": store,
-            "shards": wave_shards,
+            "shards": stream_shards,
             "previous": previous,
             "corpus": config.corpus,
             "max_rows": ext.max_rows_per_shard,
@@ -258,60 +468,33 @@ def _run_wave(
         num_cpus=ext.num_cpus_per_task,
     )
     ds = ds.map_batches(
-        EmbedWorker,
+        decode_rows,
+        fn_kwargs={"config": config},
+        batch_size=ext.decode_batch_size,
+        batch_format="pyarrow",
+        num_cpus=ext.decode_cpus,
+        concurrency=ext.decode_concurrency,
+    )
+    ds = ds.map_batches(
+        EncodeWorker,
         fn_constructor_kwargs={
             "config": config,
             "threads": ext.torch_threads or max(1, int(ext.num_cpus_per_worker)),
         },
-        batch_size=ext.batch_size,
+        # Several forwards per call: inside one, the next batch is collated during a forward.
+        batch_size=ext.batch_size * FORWARDS_PER_CALL,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=ext.num_workers),
         num_cpus=ext.num_cpus_per_worker,
         num_gpus=ext.num_gpus_per_worker or None,
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         write_pieces,
         fn_kwargs={"store": store, "output": config.output, "wave": wave},
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=ext.num_cpus_per_task,
     )
-    summary = ds.to_arrow_refs()
-    pieces = pa.concat_tables(ray.get(summary)) if summary else pa.table({})
-    timings["pipeline_s"] += time.perf_counter() - t_wave
-    t_commit = time.perf_counter()
-    by_shard = defaultdict(list)
-    fingerprints = {}
-    for row in pieces.to_pylist():
-        by_shard[row["shard"]].append(row["piece"])
-        fingerprints = json.loads(row["fingerprints"]) or fingerprints
-        for k, v in json.loads(row["timings"] or "{}").items():
-            timings[k] += v
-    counted = dict(zip(expected_refs, ray.get(list(expected_refs.values())), strict=True))
-    for sh in wave_shards:
-        if sh.key not in counted:
-            counted[sh.key] = store.read_json(layout.wave_count(config.output, wave, sh.key))[
-                "rows"
-            ]
-    lease.check()  # a run that lost its lease commits nothing more
-    done = ray.get(
-        [
-            commit_task.remote(
-                store,
-                config.output,
-                s,
-                by_shard.get(s.key, []),
-                counted[s.key],
-                fingerprints,
-                lineage,
-                signatures[s.key],
-            )
-            for s in wave_shards
-        ]
-    )
-    store.delete(layout.wave_dir(config.output, wave), recursive=True)
-    timings["commit_s"] += time.perf_counter() - t_commit
-    return done
 
 
 def encoders_fingerprint_id(config: Config) -> str:

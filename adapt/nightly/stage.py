@@ -33,7 +33,7 @@ from adapt.config import Config, ScoreTask
 from adapt.embeddings import Embeddings, load_embeddings
 from adapt.extract import readers
 from adapt.extract.stage import encoders_fingerprint_id, run_extract
-from adapt.extract.workers import EmbedWorker
+from adapt.extract.workers import embed_in_process
 from adapt.labels import build_task
 from adapt.nightly.champion import Registry, decide
 from adapt.nightly.health import DRIFT_COSINE, embedding_health, row_cosine
@@ -137,7 +137,7 @@ def _probe_health(
         num_gpus=config.extract.num_gpus_per_worker or None,
     )
     def probe(cfg, t):
-        return EmbedWorker(cfg)(t)
+        return embed_in_process(cfg, t)
 
     fresh = ray.get(probe.remote(config, table))
     position = {i: k for k, i in enumerate(emb.ids)}

@@ -1,0 +1,153 @@
+"""Host-side preprocessing: decoded items -> one ready array per row, without the model.
+
+Extract runs these in its decode stage, on CPU workers, ahead of the encoders: a preprocessor is
+built from the encoder's name and options alone (a tokenizer, a resize size, a processor config),
+never from its weights, so a decode worker costs megabytes, not a model copy. What crosses to the
+encoder is the cheapest form of each row: images as uint8 pixels (a quarter of float32's bytes;
+the encoder scales and normalises them on its device), texts as unpadded token ids (the encoder
+pads each batch to its longest row).
+
+Every preprocessor has `prepare(items) -> list[np.ndarray]` and `describe() -> str` (part of the
+encoder's fingerprint). The rows travel between stages as `.npy` bytes (`to_bytes`, `from_bytes`),
+which carry their own shape and dtype.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def to_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> np.ndarray:
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad 1-d token arrays to the longest: (ids [B, T], mask [B, T], 1 for real tokens)."""
+    width = max((len(r) for r in rows), default=0)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class PixelPrep:
+    """Resize the shorter side to size / crop_pct and center-crop `size`, in one resampling pass
+    over the kept region (PIL's `box`; equal to resize-then-crop up to edge rounding, and cheaper):
+    uint8 [3, size, size]. `crop_pct` 1.0 with `squash` resizes the whole picture instead."""
+
+    def __init__(self, size: int, crop_pct: float = 0.875, resample: str = "bicubic", squash=False):
+        self.size, self.crop_pct, self.resample, self.squash = size, crop_pct, resample, squash
+
+    def crop_box(self, w: int, h: int) -> tuple[float, float, float, float]:
+        if self.squash:
+            return (0.0, 0.0, float(w), float(h))
+        side = self.size * min(w, h) / (self.size / self.crop_pct)  # the crop, in source pixels
+        left, top = (w - side) / 2, (h - side) / 2
+        return (left, top, left + side, top + side)
+
+    def prepare(self, items: list) -> list[np.ndarray]:
+        from PIL import Image
+
+        resample = getattr(Image.Resampling, self.resample.upper())
+        out = []
+        for img in items:
+            img = img.convert("RGB")
+            resized = img.resize((self.size, self.size), resample, box=self.crop_box(*img.size))
+            # Channels-first while still uint8: transposing floats costs four times the bytes.
+            out.append(np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1)))
+        return out
+
+    def describe(self) -> str:
+        if self.squash:
+            return f"rgb; resize to {self.size}x{self.size} {self.resample}; uint8"
+        resize = int(round(self.size / self.crop_pct))
+        return (
+            f"rgb; resize shorter side {resize} {self.resample} and center crop {self.size} "
+            "in one pass; uint8"
+        )
+
+
+class TransformPrep:
+    """A torchvision transform (open_clip's): its geometric part runs here, to uint8 pixels; a
+    trailing ToTensor + Normalize is left to the encoder's device (`mean`, `std`). A transform of
+    another shape runs whole and hands over float32."""
+
+    def __init__(self, transform):
+        from torchvision import transforms as T
+
+        steps = list(getattr(transform, "transforms", [transform]))
+        self.mean = self.std = None
+        if (
+            len(steps) >= 2
+            and isinstance(steps[-2], T.ToTensor)
+            and isinstance(steps[-1], T.Normalize)
+        ):
+            self.mean = tuple(float(v) for v in steps[-1].mean)
+            self.std = tuple(float(v) for v in steps[-1].std)
+            steps = steps[:-2]
+        self.geometry = T.Compose(steps) if self.mean is not None else transform
+        self.full = transform
+
+    def prepare(self, items: list) -> list[np.ndarray]:
+        if self.mean is None:
+            return [self.full(img).numpy().astype(np.float32, copy=False) for img in items]
+        out = []
+        for img in items:
+            arr = np.asarray(self.geometry(img).convert("RGB"))
+            out.append(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return out
+
+    def describe(self) -> str:
+        return repr(self.full)
+
+
+class ProcessorPrep:
+    """A Hugging Face image processor: float32 pixel values per row, as the processor makes them."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def prepare(self, items: list) -> list[np.ndarray]:
+        px = self.processor(images=items, return_tensors="np")["pixel_values"]
+        return [np.ascontiguousarray(p, dtype=np.float32) for p in px]
+
+    def describe(self) -> str:
+        return repr(self.processor.to_dict())
+
+
+class TokenPrep:
+    """A Hugging Face tokenizer, truncating at `max_length`, unpadded: int32 ids per row."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+
+    def prepare(self, items: list) -> list[np.ndarray]:
+        ids = self.tokenizer(list(items), truncation=True, max_length=self.max_length)["input_ids"]
+        return [np.asarray(r, dtype=np.int32) for r in ids]
+
+    def describe(self) -> str:
+        return f"{type(self.tokenizer).__name__}(max_length={self.max_length}, truncation=True)"
+
+
+class ClipTokenPrep:
+    """open_clip's tokenizer: a fixed context of token ids per row."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def prepare(self, items: list) -> list[np.ndarray]:
+        return [np.asarray(r, dtype=np.int32) for r in self.tokenizer(list(items)).numpy()]
+
+    def describe(self) -> str:
+        return f"{type(self.tokenizer).__name__}(context_length={self.tokenizer.context_length})"
