@@ -366,20 +366,24 @@ def test_decode_runs_in_its_own_operator_not_in_the_encoder_actor():
 def test_busy_log_measures_forwards_over_their_span_and_its_steady_state():
     from adapt.extract.stage import BusyLog
 
-    log = BusyLog()
-    # One actor: 20 forwards of 1 s back to back, but a 10 s start-up gap after the first one.
+    log = BusyLog(slots=1)
+    # 20 forwards of 1 s back to back, a 10 s start-up gap after the first one; then, after a
+    # 5 s barrier, a second stream's new actor with 10 forwards, busy half of its time.
     t = 0.0
     for k in range(20):
         log.add("a", t, t + 1.0)
         t += 1.0 + (10.0 if k == 0 else 0.0)
-    # A second actor, busy half of its time.
     for k in range(10):
-        log.add("b", 100.0 + 2 * k, 101.0 + 2 * k)
+        log.add("b", 35.0 + 2 * k, 36.0 + 2 * k)
     s = log.summary()
     assert s["encoders"] == 2 and s["forwards"] == 30
     assert s["busy_s"] == 30.0
-    assert s["span_s"] == 30.0 + 19.0
-    assert s["busy_fraction"] == 30.0 / 49.0
-    # Steady state: the first and last two of a's forwards and the first and last of b's go.
-    assert s["steady_busy_fraction"] == (16.0 + 8.0) / (16.0 + 15.0)
-    assert s["last_forward_start"] == 118.0
+    assert s["span_s"] == 54.0  # the barrier between the streams counts as idle
+    assert s["busy_fraction"] == 30.0 / 54.0
+    # Steady state: the first three and last three forwards go (a's first ones, b's last).
+    assert s["steady_busy_fraction"] == 24.0 / (48.0 - 13.0)
+    assert s["last_forward_start"] == 53.0
+    two = BusyLog(slots=2)
+    two.add("a", 0.0, 10.0)
+    two.add("b", 5.0, 10.0)
+    assert two.summary()["busy_fraction"] == 15.0 / 20.0

@@ -1,24 +1,45 @@
-"""Extraction efficiency: the whole Ray Data pipeline against the bare model forward.
+"""Extraction efficiency: the Ray Data pipeline against the same work done bare, and the overlap
+of decode with a simulated accelerator.
 
-    python -m adapt.bench.extract [--rows 3000] [--batch-size 64] [--threads 2] [--out FILE]
+    python -m adapt.bench.extract [--rows 2000] [--sim-rows 3000] [--parts real,sim] [--out FILE]
+    python -m adapt.bench.extract --parts gpu --out FILE       # on a GPU node
 
-For each modality of the offline default encoders, in one run:
-- bare: `encoder.forward` on pre-decoded, pre-processed batches (no I/O, no decode, no Ray);
-- pipeline: `run_extract` on a Parquet corpus of encoded images / texts (read -> decode -> embed ->
-  write Parquet) on a local Ray with the same batch size and thread count.
-Pipeline start-up (Ray, model load, ONNX export) is separated by running the pipeline twice, on
-`rows` and on `rows // 4`, and taking the throughput of the difference: (N1 - N2) / (t1 - t2).
-The report prints both throughputs in rows/s and their ratio (goal: 0.9 or better).
+real (the offline encoders, EfficientNet-Lite0 and MiniLM-L6, on this machine's CPUs):
+- bare: decode (images) or nothing (texts), preprocess or tokenise, and forward, batch after
+  batch in this one process, no Ray, the same model, batch size and threads;
+- pipeline: `run_extract` on a Parquet corpus of the same rows (read -> decode -> encode ->
+  write -> commit), its start-up (Ray workers, model loads, ONNX export) taken out by running it
+  on `rows` and on `rows // 4` and using the throughput of the difference.
+  `image_ratio` and `text_ratio` are pipeline rows/s over bare rows/s.
+
+sim (`sim:MS`, a forward of MS ms per batch that uses no CPU, on synthetic 512 x 384 JPEGs):
+- decode capacity: decode + preprocess alone, bare, in as many processes as there are CPUs;
+- accelerator-bound: the forward set to take twice the decode time of a batch;
+  `simulated.busy_fraction` is the encoder's time in forward over its steady-state span (its
+  forwards but the first and last tenth: start-up and drain), and `wave_idle_fraction` is the
+  rest of that span, idle: with decode twice as fast as the accelerator, that idle is what shard
+  and commit boundaries cost, and the hand-over between batches (all of it is counted);
+- the same run in waves (`extract.shards_per_wave`), the barrier design, for comparison;
+- decode-bound: the forward set to a quarter of a batch's decode time;
+  `simulated.decode_bound_ratio` is rows over the encoder span, over the decode capacity.
+
+gpu (a node with a GPU): open_clip ViT-B-32, random weights, float16, on `--gpu-rows` synthetic
+photos: the bare forward's images/s, decode + preprocess + forward bare in one process, the
+pipeline's images/s on all the node's CPUs, its encoder busy fraction, the GPU utilisation that
+nvidia-smi samples during it, and the CPUs the decode tasks used.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,6 +50,8 @@ from adapt.extract.stage import run_extract
 from adapt.storage import Storage
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo", "emoji")
+NAMES = {"image": "efficientnet-lite0", "text": "minilm-l6"}
+PHOTO = (512, 384)
 
 
 def demo_items(modality: str, rows: int) -> list:
@@ -37,11 +60,28 @@ def demo_items(modality: str, rows: int) -> list:
     return [values[i % len(values)] for i in range(rows)]
 
 
-def write_corpus(path: str, modality: str, rows: int, files: int = 8) -> None:
-    values = demo_items(modality, rows)
+def photos(rows: int, seed: int = 0, distinct: int = 256) -> list[bytes]:
+    """`rows` JPEG photos of 512 x 384 (smooth colour fields with grain, ~quality 90), of which
+    `distinct` differ: decoding costs what a photo's does, whatever its content."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    made = []
+    for _ in range(min(rows, distinct)):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize(PHOTO, Image.Resampling.BICUBIC)
+        grain = rng.normal(0, 12, (PHOTO[1], PHOTO[0], 3))
+        pixels = np.clip(np.asarray(img, np.float32) + grain, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+        made.append(buf.getvalue())
+    return [made[i % len(made)] for i in range(rows)]
+
+
+def write_corpus(path: str, modality: str, values: list, files: int = 8) -> None:
     os.makedirs(path, exist_ok=True)
     for f in range(files):
-        idx = range(f, rows, files)
+        idx = range(f, len(values), files)
         pq.write_table(
             pa.table(
                 {
@@ -54,123 +94,405 @@ def write_corpus(path: str, modality: str, rows: int, files: int = 8) -> None:
         )
 
 
-def bare_throughput(encoder, items: list, batch_size: int) -> float:
-    batches = [
-        encoder.preprocess(items[i : i + batch_size]) for i in range(0, len(items), batch_size)
-    ]
-    import torch
+def bare_throughput(encoder, modality: str, raw: list, batch_size: int) -> float:
+    """Rows/s of decode (images), preprocess and forward in this process, after one warm batch."""
 
-    with torch.inference_mode():
-        encoder.forward(batches[0])  # warm-up
+    def run(values):
+        for i in range(0, len(values), batch_size):
+            chunk = values[i : i + batch_size]
+            items = [decode_image(v) for v in chunk] if modality == "image" else chunk
+            encoder.embed(items)
+
+    run(raw[:batch_size])
+    t = time.perf_counter()
+    run(raw)
+    return len(raw) / (time.perf_counter() - t)
+
+
+def _decode_prepare(args) -> int:
+    spec_name, modality, values = args
+    from adapt.config import EncoderSpec
+    from adapt.encoders import build_preprocessor
+
+    prep = build_preprocessor(EncoderSpec(name=spec_name), modality)
+    prep.prepare([decode_image(v) for v in values[:4]])  # warm
+    t = time.perf_counter()
+    for i in range(0, len(values), 64):
+        prep.prepare([decode_image(v) for v in values[i : i + 64]])
+    return len(values), time.perf_counter() - t
+
+
+def decode_capacity(values: list, processes: int) -> dict:
+    """Rows/s of decode + preprocess (sim's: resize to 224 x 224 uint8) in `processes` parallel
+    processes, no Ray: what the CPUs can feed an accelerator at best."""
+    ctx = multiprocessing.get_context("spawn")
+    chunks = [values[p::processes] for p in range(processes)]
+    with ctx.Pool(processes) as pool:
+        pool.map(_decode_prepare, [("sim:0", "image", c[:8]) for c in chunks])  # start-up
         t = time.perf_counter()
-        for b in batches:
-            encoder.forward(b)
-        return len(items) / (time.perf_counter() - t)
+        done = pool.map(_decode_prepare, [("sim:0", "image", c) for c in chunks])
+        wall = time.perf_counter() - t
+    per_row = sum(s for _, s in done) / sum(n for n, _ in done)
+    return {
+        "processes": processes,
+        "rows_per_s": round(len(values) / wall, 1),
+        "seconds_per_row_one_core": round(per_row, 5),
+    }
 
 
-def pipeline_time(
-    modality: str, encoder_name: str, rows: int, batch_size: int, threads: int, root: str
-) -> float:
-    corpus, output = (
-        os.path.join(root, f"c-{modality}-{rows}"),
-        os.path.join(root, f"o-{modality}-{rows}"),
-    )
-    write_corpus(corpus, modality, rows)
+def pipeline_run(corpus: str, output: str, encoders: dict, extract: dict) -> tuple[float, object]:
     cfg = load_config(
-        data={
-            "corpus": corpus,
-            "output": output,
-            "encoders": {modality: encoder_name},
-            "extract": {
-                "batch_size": batch_size,
-                "num_workers": 1,
-                "num_cpus_per_worker": 1,
-                "torch_threads": threads,
-            },
-        }
+        data={"corpus": corpus, "output": output, "encoders": encoders, "extract": extract}
     )
     t = time.perf_counter()
     result = run_extract(cfg, Storage())
-    elapsed = time.perf_counter() - t
-    if result.embedded != rows:
-        raise RuntimeError(f"pipeline embedded {result.embedded} of {rows} rows")
-    return elapsed, result.timings
+    return time.perf_counter() - t, result
+
+
+def real_part(args, root: str) -> dict:
+    import torch
+
+    from adapt.config import EncoderSpec
+    from adapt.encoders import build_encoder
+
+    out = {}
+    for modality in args.modalities.split(","):
+        encoder = build_encoder(EncoderSpec(name=NAMES[modality]), modality)
+        raw = demo_items(modality, args.rows)
+        torch.set_num_threads(args.threads)
+        bare = bare_throughput(encoder, modality, raw, args.batch_size)
+        small = max(args.batch_size * 4, args.rows // 4)
+        extract = {
+            "batch_size": args.batch_size,
+            "num_workers": 1,
+            "num_cpus_per_worker": 1,
+            "torch_threads": args.threads,
+        }
+        times, results = {}, {}
+        for n in (args.rows, small):
+            corpus = os.path.join(root, f"c-{modality}-{n}")
+            write_corpus(corpus, modality, demo_items(modality, n))
+            times[n], results[n] = pipeline_run(
+                corpus,
+                os.path.join(root, f"o-{modality}-{n}"),
+                {modality: NAMES[modality]},
+                extract,
+            )
+            if results[n].embedded != n:
+                raise RuntimeError(f"pipeline embedded {results[n].embedded} of {n} rows")
+        steady = (args.rows - small) / max(1e-9, times[args.rows] - times[small])
+        big = results[args.rows]
+        out[modality] = {
+            "encoder": NAMES[modality],
+            "bare_rows_per_s": round(bare, 1),
+            "pipeline_rows_per_s": round(steady, 1),
+            "ratio": round(steady / bare, 3),
+            "pipeline_end_to_end_rows_per_s": round(args.rows / times[args.rows], 1),
+            "pipeline_startup_s": round(times[args.rows] - args.rows / steady, 1),
+            "encoder_busy_fraction": _round(big.encoders.get("busy_fraction")),
+            "worker_seconds": {k: round(v, 2) for k, v in sorted(big.timings.items())},
+        }
+    return out
+
+
+def _round(x, n=3):
+    return None if x is None else round(x, n)
+
+
+def sim_run(root: str, name: str, corpus: str, ms: float, batch: int, **extract) -> dict:
+    wall, result = pipeline_run(
+        corpus,
+        os.path.join(root, f"o-{name}"),
+        {"image": f"sim:{ms:.1f}"},
+        {
+            "batch_size": batch,
+            "num_workers": 1,
+            "num_cpus_per_worker": 0.2,  # the accelerator's host thread: collate and wait
+            **extract,
+        },
+    )
+    enc = result.encoders
+    return {
+        "forward_ms_per_batch": round(ms, 1),
+        "rows": result.embedded,
+        "wall_s": round(wall, 2),
+        "encoder_span_s": round(enc["span_s"], 2),
+        "encoder_busy_s": round(enc["busy_s"], 2),
+        "busy_fraction": _round(enc["steady_busy_fraction"]),
+        "idle_fraction": _round(1 - enc["steady_busy_fraction"]),
+        "busy_fraction_whole_span": _round(enc["busy_fraction"]),
+        "rows_per_s": round(result.embedded / enc["span_s"], 1),
+        "worker_seconds": {k: round(v, 2) for k, v in sorted(result.timings.items())},
+    }
+
+
+def sim_part(args, root: str) -> dict:
+    values = photos(args.sim_rows)
+    corpus = os.path.join(root, "c-photos")
+    write_corpus(corpus, "image", values, files=args.sim_shards)
+    cpus = os.cpu_count() or 1
+    capacity = decode_capacity(values[: min(len(values), 1024)], cpus)
+    batch = args.sim_batch
+    batch_decode_s = batch / capacity["rows_per_s"]
+    slow_ms, fast_ms = 2000 * batch_decode_s, 250 * batch_decode_s
+    # This machine is shared and noisy: each setting runs `sim_repeats` times, the median run
+    # is reported, every run's figure beside it.
+    slow = [
+        sim_run(root, f"accel-bound-{k}", corpus, slow_ms, batch) for k in range(args.sim_repeats)
+    ]
+    fast = [
+        sim_run(root, f"decode-bound-{k}", corpus, fast_ms, batch) for k in range(args.sim_repeats)
+    ]
+    waves = sim_run(
+        root,
+        "accel-bound-waves",
+        corpus,
+        slow_ms,
+        batch,
+        shards_per_wave=max(1, args.sim_shards // 4),
+    )
+    slow_median = _median_run(slow, "busy_fraction")
+    fast_median = _median_run(fast, "rows_per_s")
+    return {
+        "rows": args.sim_rows,
+        "shards": args.sim_shards,
+        "batch_size": batch,
+        "repeats": args.sim_repeats,
+        "photo": f"{PHOTO[0]}x{PHOTO[1]} JPEG",
+        "decode_capacity": capacity,
+        "busy_fraction": slow_median["busy_fraction"],
+        "busy_fraction_runs": [r["busy_fraction"] for r in slow],
+        "decode_bound_ratio": round(fast_median["rows_per_s"] / capacity["rows_per_s"], 3),
+        "decode_bound_ratio_runs": [
+            round(r["rows_per_s"] / capacity["rows_per_s"], 3) for r in fast
+        ],
+        "accelerator_bound": slow_median,
+        "accelerator_bound_in_waves": waves,
+        "decode_bound": fast_median,
+    }
+
+
+def _median_run(runs: list[dict], key: str) -> dict:
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
+def _gpu_sampler(path: str):
+    """nvidia-smi sampling GPU utilisation every 200 ms into `path`, or None without one."""
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = open(path, "w")
+    return subprocess.Popen(
+        [
+            "nvidia-smi",
+            "--query-gpu=utilization.gpu",
+            "--format=csv,noheader,nounits",
+            "-lms",
+            "200",
+        ],
+        stdout=out,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _mean_utilisation(path: str) -> float | None:
+    try:
+        values = [float(v) for v in open(path).read().split() if v.strip()]
+    except (OSError, ValueError):
+        return None
+    busy = [v for v in values if v > 0]  # the samples once the model is on the device
+    return round(sum(busy) / len(busy), 1) if busy else None
+
+
+def gpu_part(args, root: str) -> dict:
+    """open_clip ViT-B-32 (random weights: throughput does not depend on them) in float16 on the
+    GPU: the bare forward, decode + preprocess + forward in one process, and the pipeline on
+    every CPU of the node, with the GPU's utilisation sampled during the pipeline."""
+    import torch
+
+    from adapt.config import EncoderSpec
+    from adapt.encoders import build_encoder
+
+    device = args.gpu_device
+    name = "open_clip:ViT-B-32"
+    encoder = build_encoder(EncoderSpec(name=name), "image", device=device, dtype="float16")
+    batch = args.gpu_batch
+    x = torch.randn(batch, 3, 224, 224, device=encoder.device, dtype=encoder.torch_dtype)
+    with torch.inference_mode():
+        for _ in range(3):
+            encoder.forward(x)
+        t = time.perf_counter()
+        for _ in range(args.gpu_forward_steps):
+            encoder.forward(x)  # returns numpy: each step ends in a device sync
+        forward = args.gpu_forward_steps * batch / (time.perf_counter() - t)
+    values = photos(args.gpu_rows)
+    sample = values[: min(len(values), 20 * batch)]
+    bare = bare_throughput(encoder, "image", sample, batch)
+    corpus = os.path.join(root, "c-gpu")
+    write_corpus(corpus, "image", values, files=args.gpu_shards)
+    del encoder, x
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    trace = os.path.join(root, "gpu-util.txt")
+    sampler = _gpu_sampler(trace)
+    try:
+        wall, result = pipeline_run(
+            corpus,
+            os.path.join(root, "o-gpu"),
+            {"image": name},
+            {
+                "batch_size": batch,
+                "num_workers": 1,
+                "num_cpus_per_worker": 1,
+                "num_gpus_per_worker": 1 if device == "cuda" else 0,
+                "decode_num_cpus": 1 if device == "cuda" else 0.5,
+                "device": device,
+                "dtype": "float16",
+            },
+        )
+    finally:
+        if sampler is not None:
+            sampler.terminate()
+            sampler.wait()
+    enc = result.encoders
+    pipeline = result.embedded / enc["span_s"]
+    return {
+        "encoder": f"{name} (random weights), float16",
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else device,
+        "rows": result.embedded,
+        "photo": f"{PHOTO[0]}x{PHOTO[1]} JPEG",
+        "batch_size": batch,
+        "cpus": os.cpu_count(),
+        "bare_forward_images_per_s": round(forward, 1),
+        "bare_decode_preprocess_forward_images_per_s": round(bare, 1),
+        "pipeline_images_per_s": round(pipeline, 1),
+        "pipeline_wall_s": round(wall, 1),
+        "encoder_busy_fraction": _round(enc["steady_busy_fraction"]),
+        "gpu_utilisation_pct": _mean_utilisation(trace),
+        "decode_cpus_used": round(result.timings.get("decode_cpu_s", 0.0) / enc["span_s"], 2),
+        "worker_seconds": {k: round(v, 2) for k, v in sorted(result.timings.items())},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modalities", default="image,text")
+    p.add_argument("--sim-rows", type=int, default=3000)
+    p.add_argument("--sim-shards", type=int, default=16)
+    p.add_argument("--sim-batch", type=int, default=32)
+    p.add_argument("--sim-repeats", type=int, default=3)
+    p.add_argument("--parts", default="real,sim")
+    p.add_argument("--object-store-mb", type=int, default=2048)
+    p.add_argument("--gpu-rows", type=int, default=50_000)
+    p.add_argument("--gpu-shards", type=int, default=64)
+    p.add_argument("--gpu-batch", type=int, default=512)
+    p.add_argument("--gpu-forward-steps", type=int, default=50)
+    p.add_argument("--gpu-device", default="cuda", help="cuda; cpu only to try the part out")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import ray
     import torch
 
-    from adapt.config import EncoderSpec
-    from adapt.encoders import build_encoder
+    from adapt.rayutil import local_system_config
 
-    torch.set_num_threads(args.threads)
-    names = {"image": "efficientnet-lite0", "text": "minilm-l6"}
     ray.init(
         address="local",
-        num_cpus=2,
-        object_store_memory=512 * 1024 * 1024,
+        num_cpus=os.cpu_count(),
+        num_gpus=torch.cuda.device_count(),
+        object_store_memory=args.object_store_mb * 1024 * 1024,
         include_dashboard=False,
         log_to_driver=False,
+        _system_config=local_system_config(os.cpu_count()),
     )
-    report = {
-        "rows": args.rows,
-        "batch_size": args.batch_size,
-        "threads": args.threads,
-        "cpus": os.cpu_count(),
-        "results": {},
-    }
+    report: dict = {"cpus": os.cpu_count()}
     root = tempfile.mkdtemp(prefix="adapt-bench-")
+    parts = args.parts.split(",")
     try:
-        for modality in args.modalities.split(","):
-            encoder = build_encoder(EncoderSpec(name=names[modality]), modality)
-            raw = demo_items(modality, args.rows)
-            items = [decode_image(v) for v in raw] if modality == "image" else raw
-            bare = bare_throughput(encoder, items, args.batch_size)
-            small = max(args.batch_size * 4, args.rows // 4)
-            t_big, timings = pipeline_time(
-                modality, names[modality], args.rows, args.batch_size, args.threads, root
-            )
-            t_small, _ = pipeline_time(
-                modality, names[modality], small, args.batch_size, args.threads, root
-            )
-            steady = (args.rows - small) / max(1e-9, t_big - t_small)
-            report["results"][modality] = {
-                "encoder": names[modality],
-                "bare_rows_per_s": round(bare, 1),
-                "pipeline_rows_per_s": round(steady, 1),
-                "pipeline_end_to_end_rows_per_s": round(args.rows / t_big, 1),
-                "pipeline_startup_s": round(t_big - args.rows / steady, 1),
-                "ratio": round(steady / bare, 3),
-                "worker_seconds": {k: round(v, 2) for k, v in timings.items()},
+        if "gpu" in parts:
+            report["gpu"] = gpu_part(args, root)
+        if "sim" in parts:
+            report["simulated"] = sim_part(args, root)
+            report["wave_idle_fraction"] = report["simulated"]["accelerator_bound"]["idle_fraction"]
+        if "real" in parts:
+            report["real"] = {
+                "rows": args.rows,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                **real_part(args, root),
             }
+            for m in ("image", "text"):
+                if m in report["real"]:
+                    report[f"{m}_ratio"] = report["real"][m]["ratio"]
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
-    print(
-        f"\nextract efficiency ({args.rows} rows, batch {args.batch_size}, {args.threads} threads)"
-    )
-    print(
-        f"{'modality':8} {'encoder':20} {'bare r/s':>9} {'pipeline r/s':>13} {'ratio':>6} "
-        f"{'end-to-end r/s':>15} {'start-up s':>10}"
-    )
-    for m, r in report["results"].items():
-        print(
-            f"{m:8} {r['encoder']:20} {r['bare_rows_per_s']:9.1f} {r['pipeline_rows_per_s']:13.1f} "
-            f"{r['ratio']:6.3f} {r['pipeline_end_to_end_rows_per_s']:15.1f} {r['pipeline_startup_s']:10.1f}"
-        )
-    for m, r in report["results"].items():
-        print(f"  {m} pipeline seconds by part: {r['worker_seconds']}")
+    _print(report)
     save_report(args.out, report)
     return report
+
+
+def _print(report: dict) -> None:
+    gpu = report.get("gpu")
+    if gpu:
+        print(
+            f"\ngpu: {gpu['encoder']} on {gpu['device']}, {gpu['rows']} {gpu['photo']} rows, "
+            f"batch {gpu['batch_size']}, {gpu['cpus']} CPUs"
+        )
+        for k in (
+            "bare_forward_images_per_s",
+            "bare_decode_preprocess_forward_images_per_s",
+            "pipeline_images_per_s",
+            "encoder_busy_fraction",
+            "gpu_utilisation_pct",
+            "decode_cpus_used",
+        ):
+            print(f"  {k:45} {gpu[k]}")
+    real = report.get("real")
+    if real:
+        print(
+            f"\nreal encoders ({real['rows']} rows, batch {real['batch_size']}, "
+            f"{real['threads']} threads): pipeline vs decode + preprocess + forward bare"
+        )
+        print(
+            f"{'modality':8} {'encoder':20} {'bare r/s':>9} {'pipeline r/s':>13} {'ratio':>6} "
+            f"{'busy':>5} {'start-up s':>10}"
+        )
+        for m in ("image", "text"):
+            if m in real:
+                r = real[m]
+                print(
+                    f"{m:8} {r['encoder']:20} {r['bare_rows_per_s']:9.1f} "
+                    f"{r['pipeline_rows_per_s']:13.1f} {r['ratio']:6.3f} "
+                    f"{r['encoder_busy_fraction'] or 0:5.2f} {r['pipeline_startup_s']:10.1f}"
+                )
+    sim = report.get("simulated")
+    if sim:
+        cap = sim["decode_capacity"]
+        print(
+            f"\nsimulated accelerator ({sim['rows']} {sim['photo']} rows, {sim['shards']} "
+            f"shards, batch {sim['batch_size']}); decode capacity {cap['rows_per_s']} rows/s "
+            f"on {cap['processes']} processes"
+        )
+        for key in ("accelerator_bound", "accelerator_bound_in_waves", "decode_bound"):
+            r = sim[key]
+            print(
+                f"  {key:27} forward {r['forward_ms_per_batch']:7.1f} ms/batch  "
+                f"{r['rows_per_s']:7.1f} rows/s  busy {r['busy_fraction']:.3f}  "
+                f"idle {r['idle_fraction']:.3f}"
+            )
+        print(
+            f"  runs: busy_fraction {sim['busy_fraction_runs']}  decode_bound_ratio "
+            f"{sim['decode_bound_ratio_runs']}"
+        )
+        print(
+            f"  busy_fraction {sim['busy_fraction']}  decode_bound_ratio "
+            f"{sim['decode_bound_ratio']}  wave_idle_fraction {report['wave_idle_fraction']}"
+        )
 
 
 if __name__ == "__main__":

@@ -72,10 +72,10 @@ class ExtractResult:
         fraction = self.encoders.get("busy_fraction")
         if fraction is None:
             return ""
-        n = self.encoders["encoders"]
+        n = self.encoders["slots"]
         return (
-            f"  encoders in forward {fraction:.0%} of their time "
-            f"({n} actor{'s' if n != 1 else ''}, first forward to last)\n"
+            f"  encoders in forward {fraction:.0%} of the time from the first forward to the "
+            f"last ({n} actor{'s' if n != 1 else ''})\n"
         )
 
     def describe(self) -> str:
@@ -199,7 +199,7 @@ def _extract_holding(
                 budget["seen"] - seen,
             )
 
-    busy = BusyLog()
+    busy = BusyLog(slots=ext.num_workers)
     step = ext.shards_per_wave or max(1, len(pending))
     for w in range(0, len(pending), step):
         _run_stream(
@@ -393,38 +393,42 @@ def _add_meta(meta: dict, timings: dict[str, float], busy: BusyLog) -> None:
 
 
 class BusyLog:
-    """The forwards of every encoder actor, as wall-clock (start, end) intervals: how busy the
-    accelerators were. The steady state leaves out the first and last tenth of each actor's
+    """The forwards of the encoder actors, as wall-clock (start, end) intervals: how busy the
+    accelerators were. The span runs from the first forward of any actor to the last one's end,
+    times the `slots` (extract.num_workers) that could have been busy: time between streams, when
+    no actor exists, counts as idle. The steady state leaves out the first and last tenth of the
     forwards (start-up and drain)."""
 
     STEADY_TRIM = 0.1
 
-    def __init__(self) -> None:
-        self.intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    def __init__(self, slots: int = 1) -> None:
+        self.slots = slots
+        self.intervals: list[tuple[float, float, str]] = []
 
     def add(self, actor: str, start: float, end: float) -> None:
-        self.intervals[actor].append((start, end))
+        self.intervals.append((start, end, actor))
+
+    def _fraction(self, runs: list) -> tuple[float, float]:
+        busy = sum(b - a for a, b, _ in runs)
+        span = (max(b for _, b, _ in runs) - runs[0][0]) * self.slots
+        return busy, span
 
     def summary(self) -> dict:
-        busy = span = steady_busy = steady_span = 0.0
-        last_start = None
-        for runs in self.intervals.values():
-            runs = sorted(runs)
-            busy += sum(b - a for a, b in runs)
-            span += runs[-1][1] - runs[0][0]
-            cut = int(len(runs) * self.STEADY_TRIM)
-            middle = runs[cut : len(runs) - cut] or runs
-            steady_busy += sum(b - a for a, b in middle)
-            steady_span += middle[-1][1] - middle[0][0]
-            last_start = max(last_start or runs[-1][0], runs[-1][0])
+        runs = sorted(self.intervals)
+        if not runs:
+            return {"encoders": 0, "forwards": 0, "busy_s": 0.0, "span_s": 0.0}
+        busy, span = self._fraction(runs)
+        cut = int(len(runs) * self.STEADY_TRIM)
+        steady_busy, steady_span = self._fraction(runs[cut : len(runs) - cut] or runs)
         return {
-            "encoders": len(self.intervals),
-            "forwards": sum(len(r) for r in self.intervals.values()),
+            "encoders": len({actor for _, _, actor in runs}),
+            "slots": self.slots,
+            "forwards": len(runs),
             "busy_s": busy,
             "span_s": span,
             "busy_fraction": busy / span if span > 0 else None,
             "steady_busy_fraction": steady_busy / steady_span if steady_span > 0 else None,
-            "last_forward_start": last_start,  # wall clock
+            "last_forward_start": runs[-1][0],  # wall clock
         }
 
 
