@@ -168,7 +168,8 @@ class Encoder:
         """Embed batch after batch: `loaders[k]()` returns batch k's prepared rows. With `pool`
         (a thread pool), batch k + 1 is loaded and collated while batch k is in forward, so the
         device does not wait on the host between batches (a GPU forward and a `time.sleep`
-        release the GIL). `timings` and `busy` as in `embed_prepared`."""
+        release the GIL). `timings` accumulates `collate_s` and `forward_s`; `busy`, when given,
+        gets each forward's (start, end) wall-clock seconds: the accelerator's busy intervals."""
         if not loaders:
             return np.zeros((0, self.dim), dtype=np.float32)
 
@@ -198,22 +199,6 @@ class Encoder:
     def embed_prepared(
         self, rows: list[np.ndarray], timings: dict | None = None, busy: list | None = None
     ) -> np.ndarray:
-        """Embed prepared rows (`prep.prepare`'s output) in one forward pass.
-
-        `timings` accumulates `collate_s` and `forward_s`; `busy`, when given, gets the
-        (start, end) wall-clock seconds of the forward: the accelerator's busy interval.
-        """
-        if not rows:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            inputs = self.collate(rows)
-            t1, w1 = time.perf_counter(), time.time()
-            out = self.forward(inputs).astype(np.float32, copy=False)
-            t2, w2 = time.perf_counter(), time.time()
-        if timings is not None:
-            timings["collate_s"] = timings.get("collate_s", 0.0) + t1 - t0
-            timings["forward_s"] = timings.get("forward_s", 0.0) + t2 - t1
-        if busy is not None:
-            busy.append((w1, w2))
-        return out
+        """Embed prepared rows (`prep.prepare`'s output) in one forward pass; `timings` and
+        `busy` as in `embed_batches`."""
+        return self.embed_batches([lambda: rows] if rows else [], None, timings, busy)
