@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -172,6 +172,18 @@ class Task:
     labels: list  # the kept rows' labels as class names (lists for multilabel): what heads fit on
     positive: str | None = None
     dropped: dict = field(default_factory=dict)  # {"unlabelled": n, "classes": {name: rows}}
+    # Set when the task holds a sample of its rows: {"rows", "of", "max_rows", "seed"}.
+    sample: dict | None = None
+
+    def subset(self, keep: np.ndarray, sample: dict) -> Task:
+        """The task on the rows where `keep` is true (a boolean mask over `rows`)."""
+        return replace(
+            self,
+            y=self.y[keep],
+            rows=self.rows[keep],
+            labels=[lab for lab, k in zip(self.labels, keep, strict=True) if k],
+            sample=sample,
+        )
 
     def meta(self) -> dict[str, Any]:
         counts = (
@@ -188,6 +200,7 @@ class Task:
             "n_classes": len(self.classes),
             "class_counts": {c: int(n) for c, n in zip(self.classes, counts, strict=True)},
             "dropped": self.dropped,
+            "sample": self.sample,
         }
 
 

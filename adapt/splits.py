@@ -162,6 +162,36 @@ def holdout_mask(
     return mask
 
 
+def sample_mask(
+    y: np.ndarray,
+    task_type: str,
+    k: int,
+    seed: int,
+    ids: Sequence[Any],
+    min_per_class: int = 1,
+) -> np.ndarray:
+    """Boolean mask of a stratified sample of about `k` rows, chosen by id hash.
+
+    Each class keeps its share of the rows (round(k * class rows / rows)), and at least
+    `min_per_class` of them (all, when it has fewer), so that every class still reaches every fold.
+    Within a class the rows with the smallest `row_keys` are kept: the sample depends on the ids,
+    labels and seed, never on row order. Multi-label tasks are sampled by key alone.
+    """
+    n = len(y)
+    if k >= n:
+        return np.ones(n, dtype=bool)
+    mask = np.zeros(n, dtype=bool)
+    keys = row_keys(ids, seed)
+    if task_type == "multilabel" or y.ndim == 2:
+        mask[np.argsort(keys, kind="stable")[:k]] = True
+        return mask
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        take = min(len(rows), max(min_per_class, int(round(k * len(rows) / n))))
+        mask[rows[np.argsort(keys[rows], kind="stable")[:take]]] = True
+    return mask
+
+
 def val_order(n: int, seed: int) -> np.ndarray:
     """Order of n validation rows (given sorted by id, or by position): random with respect to
     class and fixed by the seed, so that the fixed validation batches mix classes. The local fit

@@ -656,3 +656,42 @@ def test_validation_splits_grow_until_enough_rows_are_held_out():
     assert validation_splits([40], 5, sc(10_000)) == 5  # every training row, once
     assert validation_splits([105, 105, 105], 5, sc(0)) == 1
     assert validation_splits([], 5, sc(1000)) == 1
+
+
+def test_max_rows_scores_a_stratified_sample_and_the_report_says_so(tmp_path, corpus, emb):
+    out = output_over(corpus, tmp_path)
+    config = load_config(
+        data=make_config(
+            out,
+            TINY_TRAIN,
+            executor="local",
+            n_folds=3,
+            validation_folds=1,
+            max_rows=120,
+            run_id="sampled",
+            representations=["raw:text", "projected:single"],
+            classifiers=["knn"],
+        )
+    )
+    plan = make_plan(config, emb)
+    (task,) = plan.tasks
+    assert len(task.rows) == 120 and task.sample == {
+        "rows": 120,
+        "of": 300,
+        "max_rows": 120,
+        "seed": 0,
+    }
+    assert (np.bincount(task.y) == 30).all()  # 4 balanced classes keep their shares
+    sampled = set(task.rows.tolist())
+    for fold in plan.folds[task.name]:
+        assert set(fold.rows_train) | set(fold.rows_test) <= sampled
+    run_score(config)
+    report = json.loads((tmp_path / "out" / "reports" / "sampled" / "report.json").read_text())
+    validate_report(report)
+    assert report["tasks"][0]["sample"]["of"] == 300 and report["tasks"][0]["n_rows"] == 120
+    assert all(g["n_rows"] == 120 for g in report["gains"])  # pooled over the sample's folds
+    md = (tmp_path / "out" / "reports" / "sampled" / "report.md").read_text()
+    assert "120 rows sampled of 300" in md and "score.max_rows = 120" in md
+    # Without a cap (or under it) every row is scored.
+    whole = make_plan(load_config(data=make_config(out, TINY_TRAIN, max_rows=None)), emb)
+    assert len(whole.tasks[0].rows) == 300 and whole.tasks[0].sample is None

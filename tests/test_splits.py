@@ -69,3 +69,24 @@ def test_splits_errors():
         splits(np.array([0, 1, 0]), "binary", n_folds=5)
     with pytest.raises(ValueError, match="2-D"):
         splits(np.array([0, 1] * 5), "multilabel")
+
+
+def test_sample_mask_is_stratified_by_id_and_keeps_every_class():
+    from adapt.splits import sample_mask
+
+    y = np.array([0] * 900 + [1] * 95 + [2] * 5)
+    ids = [f"r{i}" for i in range(len(y))]
+    keep = sample_mask(y, "multiclass", 100, seed=3, ids=ids, min_per_class=5)
+    counts = np.bincount(y[keep], minlength=3)
+    assert counts.tolist() == [90, 10, 5]  # shares kept; the rare class keeps its floor of 5
+    # Chosen by id, not by position: the same ids are kept when the rows come in another order.
+    order = np.random.default_rng(0).permutation(len(y))
+    again = sample_mask(y[order], "multiclass", 100, 3, [ids[i] for i in order], 5)
+    assert sorted(np.array(ids)[order][again]) == sorted(np.array(ids)[keep])
+    # Another seed draws other rows; no more rows than there are keeps everything.
+    assert set(np.flatnonzero(sample_mask(y, "multiclass", 100, 4, ids, 5))) != set(
+        np.flatnonzero(keep)
+    )
+    assert sample_mask(y, "multiclass", 5000, 3, ids).all()
+    multi = sample_mask(np.eye(3, dtype=int)[y], "multilabel", 100, 3, ids)
+    assert multi.sum() == 100

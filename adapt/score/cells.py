@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from adapt.classifiers import default_standardize, make_classifier
+from adapt.classifiers import approximated, default_standardize, make_classifier
 from adapt.labels import check_task_type
 from adapt.metrics import _check_ids, metrics
 
@@ -166,7 +166,7 @@ def score_cell(
         raise ValueError(f"X_train has {X_train.shape[1]} dims but X_test {X_test.shape[1]}")
     if standardize is None:
         standardize = default_standardize(classifier)
-    estimator = make_classifier(classifier, task_type, seed, params)
+    estimator = make_classifier(classifier, task_type, seed, params, n_rows=len(X_train))
     if standardize:
         X_train, X_test = standardize_train_test(X_train, X_test)
 
@@ -182,6 +182,9 @@ def score_cell(
             )
         y_fit = np.searchsorted(present, y_train)
     notes = _fit_to_data(estimator, len(X_train), y_fit, task_type, params)
+    approximation = approximated(classifier, len(X_train))
+    if approximation:
+        notes.append(approximation)
 
     start = time.perf_counter()
     estimator.fit(X_train, y_fit)

@@ -24,7 +24,7 @@ from adapt.score.representations import (
     expand_representations,
     family,
 )
-from adapt.splits import splits
+from adapt.splits import sample_mask, splits
 
 # A cell's i-th fit is seeded seed + fold + SEED_STRIDE * i, apart from every other cell's seeds.
 SEED_STRIDE = 1000
@@ -169,7 +169,10 @@ def make_plan(config: Config, emb: Embeddings, head_arrays: dict | None = None) 
     reps = expand_representations(
         sc.representations, emb.modalities, [k.partition(":")[2] for k in head_arrays]
     )
-    tasks = [build_task(spec, emb.columns, sc.n_folds) for spec in sc.tasks]
+    tasks = [
+        sample_task(build_task(spec, emb.columns, sc.n_folds), sc, emb.ids, spec.min_class_count)
+        for spec in sc.tasks
+    ]
     folds = {t.name: plan_folds(t, sc) for t in tasks}
     return ScorePlan(
         tasks,
@@ -184,6 +187,20 @@ def make_plan(config: Config, emb: Embeddings, head_arrays: dict | None = None) 
         sc.pca_k or config.train.out_dim,
         sc.seed,
         sc.classifier_seeds,
+    )
+
+
+def sample_task(task: Task, sc: ScoreConfig, ids, min_class_count: int | None = None) -> Task:
+    """The task on a stratified sample of `sc.max_rows` of its rows (`sample_mask`), or as it is
+    when it has no more; every class keeps at least enough rows for every fold."""
+    n = len(task.rows)
+    if sc.max_rows is None or n <= sc.max_rows:
+        return task
+    row_ids = np.asarray(ids, dtype=object)[task.rows]
+    floor = max(min_class_count or sc.n_folds, sc.n_folds)
+    keep = sample_mask(task.y, task.task_type, sc.max_rows, sc.seed, row_ids, floor)
+    return task.subset(
+        keep, {"rows": int(keep.sum()), "of": n, "max_rows": sc.max_rows, "seed": sc.seed}
     )
 
 

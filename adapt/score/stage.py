@@ -148,6 +148,18 @@ def run_score(
     )
 
 
+def cell_notes(rows: list[dict]) -> list[dict]:
+    """Each distinct setting a cell changed to fit its data (an approximated kernel, a smaller
+    k), per classifier, with how many cells changed it."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        for note in filter(None, (r.get("notes") or "").split("; ")):
+            # The row counts in a note differ from fold to fold; the rest is the setting.
+            key = (r["classifier"], note)
+            counts[key] = counts.get(key, 0) + 1
+    return [{"classifier": c, "note": n, "cells": k} for (c, n), k in sorted(counts.items())]
+
+
 def _report(
     config: Config,
     run_id: str,
@@ -198,6 +210,7 @@ def _report(
         "mean_gains": summary["mean_gains"],
         "recommendation": summary["recommendation"],
         "folds": outcome.fold_info,
+        "notes": cell_notes(outcome.rows),
         "failures": [
             {k: r[k] for k in ("task", "representation", "classifier", "fold", "error")}
             for r in outcome.rows

@@ -63,7 +63,7 @@ def run_cells(
     for clf in executor.order(plan.classifiers):
         for task, fold, fold_ref, reps in built:
             for rep_name, rep in reps.items():
-                params = plan.classifier_params.get(clf)
+                params = executor.cell_params(clf, plan.classifier_params.get(clf))
                 seeds = plan.cell_seeds(fold, clf)
                 cells.append(Cell(rep, fold_ref, task.task_type, task.classes, clf, params, seeds))
                 keys.append((task.name, rep_name, clf, fold.label))
@@ -108,6 +108,10 @@ class LocalExecutor:
 
     def order(self, classifiers: list[str]) -> list[str]:
         return list(classifiers)
+
+    @staticmethod
+    def cell_params(classifier: str, params: dict | None) -> dict | None:
+        return params
 
     def run(self, cells: list[Cell], progress: Progress | None) -> tuple[list, dict]:
         start = time.perf_counter()
@@ -172,6 +176,14 @@ class RayExecutor:
             num_cpus=sc.num_cpus_per_fold, num_returns=len(plan.representations) + 1
         )
         self.cell_task = ray.remote(_cell_task).options(num_cpus=sc.num_cpus_per_cell)
+        # xgboost fits on the CPUs (threads) or the GPU its cell reserves; the others on one core.
+        self.gpu_cell_task = (
+            self.cell_task.options(num_gpus=sc.num_gpus_per_cell)
+            if sc.num_gpus_per_cell
+            else self.cell_task
+        )
+        self.xgboost_threads = max(1, int(sc.num_cpus_per_cell))
+        self.gpus_per_cell = sc.num_gpus_per_cell
 
     def prepare(self, fold: Fold) -> tuple[Any, dict[str, Any], Any]:
         import ray
@@ -195,12 +207,22 @@ class RayExecutor:
     def order(self, classifiers: list[str]) -> list[str]:
         return slow_first(classifiers)
 
+    def cell_params(self, classifier: str, params: dict | None) -> dict | None:
+        """xgboost's threads and device follow the resources of its cell; the user's own
+        classifier_params win."""
+        if classifier != "xgboost":
+            return params
+        own = {"n_jobs": self.xgboost_threads}
+        if self.gpus_per_cell:
+            own["device"] = "cuda"
+        return {**own, **(params or {})}
+
     def run(self, cells: list[Cell], progress: Progress | None) -> tuple[list, dict]:
         import ray
 
         start = time.perf_counter()
         refs = [
-            self.cell_task.remote(
+            (self.gpu_cell_task if c.classifier == "xgboost" else self.cell_task).remote(
                 c.rep, c.fold, c.task_type, c.classes, c.classifier, c.params, c.seeds
             )
             for c in cells

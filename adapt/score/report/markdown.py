@@ -40,8 +40,10 @@ def _baseline_text(g: dict | None) -> str:
 
 def _task_line(t: dict, protocol: dict) -> str:
     what = f"'{t['positive']}' vs rest" if t.get("positive") else f"{t['n_classes']} classes"
+    sample = t.get("sample")
+    rows = f"{t['n_rows']} rows" + (f" sampled of {sample['of']}" if sample else "")
     return (
-        f"task {t['name']} ({t['type']}, {what}, {t['n_rows']} rows): "
+        f"task {t['name']} ({t['type']}, {what}, {rows}): "
         f"{protocol['metric']}, mean of {protocol['n_folds']} {protocol['scheme']} folds"
     )
 
@@ -166,6 +168,10 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
     lines = _intro(report)
     for t in report["tasks"]:
         lines += _task_section(report, t)
+    notes = report.get("notes", [])
+    if notes:
+        lines += ["", "## Settings changed to fit the data", ""]
+        lines += [f"- {n['classifier']} ({n['cells']} cells): {n['note']}" for n in notes[:30]]
     failures = report.get("failures", [])
     if failures:
         lines += ["", f"## Failed cells ({len(failures)})", ""]
@@ -177,6 +183,25 @@ def render_markdown(report: dict, plots: list[str] = ()) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _sample_lines(report: dict) -> list[str]:
+    """What the row sample of `score.max_rows` means for the numbers, where a task has one."""
+    lines = []
+    for t in report.get("tasks", []):
+        sample = t.get("sample")
+        if not sample:
+            continue
+        narrower = (sample["rows"] / sample["of"]) ** 0.5
+        lines.append(
+            f"- Task {t['name']}: a stratified sample of {sample['rows']} of its {sample['of']} "
+            f"rows (score.max_rows = {sample['max_rows']}, by id hash with seed {sample['seed']}) "
+            "is scored: classifier cells and in-fold heads use only these rows. Every interval is "
+            f"that of {sample['rows']} rows; on all rows it would be about {narrower:.2g} times "
+            "as wide (intervals shrink as 1/sqrt(rows)). A head trained by the train stage uses "
+            "every row."
+        )
+    return lines
 
 
 def _intro(report: dict) -> list[str]:
@@ -220,6 +245,7 @@ def _intro(report: dict) -> list[str]:
         f"{protocol.get('validation_fraction', 0):.0%}{_splits_note(protocol)}), never from test "
         "rows.",
     ]
+    lines += _sample_lines(report)
     lines += _search_lines(report)
     for h in report.get("heads", []):
         lines.append(

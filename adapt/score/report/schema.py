@@ -218,6 +218,10 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "n_classes": {"type": "integer"},
                     "class_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
                     "dropped": {"type": "object"},
+                    "sample": {
+                        "type": ["object", "null"],
+                        "required": ["rows", "of", "max_rows", "seed"],
+                    },
                 },
             },
         },
