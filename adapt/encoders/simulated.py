@@ -1,8 +1,8 @@
-"""A simulated accelerator, for benchmarks and tests (not for users): `sim:MS[xDIM]`.
+"""A simulated accelerator, for benchmarks and tests (not for users): `sim:MS[xDIM][@SIZE]`.
 
 Its forward takes MS milliseconds per batch without using a CPU (the thread sleeps, releasing
 the GIL), as a GPU forward looks from the host; its preprocessing is real CPU work of a vision
-model's shape (decode, resize to 224 x 224 uint8; the scaling is the device's) or a text one's
+model's shape (decode, resize to SIZE x SIZE uint8, 224 unless given; the scaling is the device's) or a text one's
 (UTF-8 bytes). With it, the overlap of decode and forward can be measured on a machine with no GPU: the
 embeddings are a deterministic function of the input, nothing more.
 """
@@ -22,16 +22,21 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
 STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
 
 
-def parse(model: str) -> tuple[float, int]:
-    """`MS[xDIM]` -> (seconds per batch, output width)."""
-    ms, _, dim = model.partition("x")
+def parse(model: str) -> tuple[float, int, int]:
+    """`MS[xDIM][@SIZE]` -> (seconds per batch, output width, image side in pixels)."""
+    rest, _, size = model.partition("@")
+    ms, _, dim = rest.partition("x")
     try:
-        seconds, width = float(ms) / 1000.0, int(dim or 64)
+        seconds, width, side = float(ms) / 1000.0, int(dim or 64), int(size or SIZE)
     except ValueError:
-        raise ValueError(f"sim:{model}: expected sim:MS or sim:MSxDIM, e.g. sim:20x64") from None
+        raise ValueError(
+            f"sim:{model}: expected sim:MS, sim:MSxDIM or sim:MSxDIM@SIZE, e.g. sim:20x64@224"
+        ) from None
     if seconds < 0 or width < 1:
         raise ValueError(f"sim:{model}: the time must be >= 0 and the width >= 1")
-    return seconds, width
+    if side < 32 or side % 32:
+        raise ValueError(f"sim:{model}: the image side must be a multiple of 32, got {side}")
+    return seconds, width, side
 
 
 class TextBytesPrep:
@@ -49,12 +54,12 @@ class SimulatedEncoder(Encoder):
     def make_prep(cls, name, spec, modality: str):
         if modality == "text":
             return TextBytesPrep()
-        return PixelPrep(SIZE, 1.0, "bilinear", squash=True)
+        return PixelPrep(parse(name.model)[2], 1.0, "bilinear", squash=True)
 
     def __init__(self, name, spec, modality: str, device: str = "cpu", dtype: str = "float32"):
         super().__init__(name, spec, device="cpu", dtype="float32")
         self.modality = modality
-        self.batch_s, self.dim = parse(name.model)
+        self.batch_s, self.dim, self.size = parse(name.model)
         self.prep = self.make_prep(name, spec, modality)
         features = 3 * 16 if modality == "image" else TEXT_BYTES
         self._w = np.random.default_rng(0).standard_normal((features, self.dim)).astype(np.float32)
@@ -62,7 +67,7 @@ class SimulatedEncoder(Encoder):
 
     def collate(self, rows: list[np.ndarray]) -> np.ndarray:
         if self.modality == "image":
-            return np.stack(rows)  # uint8 [B, 3, SIZE, SIZE], as a GPU encoder receives it
+            return np.stack(rows)  # uint8 [B, 3, size, size], as a GPU encoder receives it
         out = np.zeros((len(rows), TEXT_BYTES), np.float32)
         for i, r in enumerate(rows):
             out[i, : len(r)] = r / 255.0
@@ -77,7 +82,7 @@ class SimulatedEncoder(Encoder):
         if self.modality == "image":
             # 4 x 4 block means per channel of a strided sample, normalised: a cheap, stable
             # summary whose host cost stays small next to any real forward.
-            b, step = inputs.shape[0], SIZE // 32
+            b, step = inputs.shape[0], self.size // 32
             sample = (inputs[:, :, ::step, ::step].astype(np.float32) / 255.0 - MEAN) / STD
             x = sample.reshape(b, 3, 4, 8, 4, 8).mean(axis=(3, 5)).reshape(b, -1)
         else:

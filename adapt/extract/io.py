@@ -223,15 +223,19 @@ def commit_shard(
     return record
 
 
-def quarantine_duplicates(store: Storage, output: str, shards: list[readers.Shard]) -> int:
+def quarantine_duplicates(
+    store: Storage, output: str, shards: list[readers.Shard], records: dict | None = None
+) -> int:
     """Move rows whose id an earlier shard (in key order) already embedded to `rejects/` as
     duplicate_id; return how many. Within a shard the reader keeps ids unique; this is the
     check across shards, from the id column of every output file. A shard it changes gets its
-    files rewritten, then its commit record, last as always."""
+    files rewritten, then its commit record, last as always. `records` (shard key -> commit
+    record) saves reading the records; those it rewrites are updated in it."""
     first: dict[str, str] = {}
     moved = 0
+    records = records if records is not None else {}
     for shard in shards:
-        record = store.read_json(layout.commit_record(output, shard.key))
+        record = records.get(shard.key) or store.read_json(layout.commit_record(output, shard.key))
         uri = record.get("embeddings_file")
         if not uri:
             continue
@@ -241,7 +245,7 @@ def quarantine_duplicates(store: Storage, output: str, shards: list[readers.Shar
             if first.setdefault(i, shard.key) != shard.key:
                 dup[i] = first[i]
         if dup:
-            _move_to_rejects(store, output, shard, record, dup)
+            records[shard.key] = _move_to_rejects(store, output, shard, record, dup)
             moved += len(dup)
     return moved
 
@@ -277,6 +281,7 @@ def _move_to_rejects(
         record.pop("embeddings_file")
         record.pop("embeddings_bytes", None)
     store.write_json(layout.commit_record(output, shard.key), record)
+    return record
 
 
 def file_rows(store: Storage, uri: str) -> int | None:
@@ -358,14 +363,67 @@ def check_same_encoders(store: Storage, output: str, encoders_id: str) -> None:
         )
 
 
-def _records(store: Storage, output: str, shards: list[readers.Shard]) -> list[dict]:
-    return [
-        r for s in shards if (r := store.read_json_or_none(layout.commit_record(output, s.key)))
-    ]
+def _modified(info: dict) -> float | None:
+    """A listing's modification time in seconds (local mtime, or S3's LastModified)."""
+    stamp = info.get("mtime", info.get("LastModified"))
+    if stamp is None:
+        return None
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    try:
+        return float(stamp)
+    except (TypeError, ValueError):
+        return None
 
 
-def write_manifest(store: Storage, config: Config, shards: list[readers.Shard], lineage: dict):
-    records = _records(store, config.output, shards)
+def read_records(store: Storage, output: str, shards: list[readers.Shard]) -> dict:
+    """Shard key -> its commit record (None where there is none), from one listing of the
+    records, one read of the manifest and one read per record written since the manifest.
+
+    The manifest holds a copy of every record as it was when the manifest was written, under the
+    extract lease, after the run's last commit; a record file listed as older than the manifest
+    is therefore the manifest's copy. A record of a run that ended without a manifest is newer
+    and read from its file, and so is one written in the manifest's second (S3 times are whole
+    seconds).
+    """
+    listed = store.file_infos(layout.commits_dir(output), (".json",), recursive=False)
+    copies: dict[str, dict] = {}
+    manifest_at = None
+    minfo = store.file_infos(layout.manifest(output))
+    if minfo:
+        manifest = store.read_json_or_none(layout.manifest(output))
+        manifest_at = _modified(next(iter(minfo.values())))
+        if manifest and manifest_at is not None:
+            copies = {r["shard"]: r for r in manifest.get("shards", []) if r.get("shard")}
+    out: dict[str, dict | None] = {}
+    for s in shards:
+        uri = layout.commit_record(output, s.key)
+        info = listed.get(uri)
+        if info is None:
+            out[s.key] = None
+            continue
+        at = _modified(info)
+        copy = copies.get(s.key)
+        if copy is not None and at is not None and manifest_at is not None and at < manifest_at - 1:
+            out[s.key] = copy
+        else:
+            out[s.key] = store.read_json_or_none(uri)
+    return out
+
+
+def write_manifest(
+    store: Storage,
+    config: Config,
+    shards: list[readers.Shard],
+    lineage: dict,
+    known: dict[str, dict] | None = None,
+):
+    """The manifest over every shard's commit record: `known` (shard key -> record, as this run
+    read or wrote them) saves reading them again; the others are read."""
+    known = known or {}
+    missing = [s for s in shards if s.key not in known]
+    read = read_records(store, config.output, missing) if missing else {}
+    records = [r for s in shards if (r := known.get(s.key) or read.get(s.key))]
     if len(records) != len(shards):
         raise RuntimeError(f"{len(shards) - len(records)} shards are not committed; re-run extract")
     fingerprints = next((r["fingerprints"] for r in records if r["fingerprints"]), {})

@@ -19,7 +19,7 @@ import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -55,6 +55,9 @@ class Shard:
     key: str
     start: int = 0  # row range, for manifest shards
     stop: int | None = None
+    # The listing's description of `uri` (size, ETag or mtime), kept so that the source
+    # signature needs no request of its own.
+    info: dict | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 def shard_key(root: str, uri: str, suffix: str = "") -> str:
@@ -106,12 +109,9 @@ def list_shards(
 ) -> list[Shard]:
     """The corpus as a sorted list of shards."""
     fmt = detect_format(store, corpus) if fmt == "auto" else fmt
-    if fmt == "parquet":
-        files = store.list_files(corpus, (".parquet",))
-        shards = [Shard(f, fmt, shard_key(corpus, f)) for f in files]
-    elif fmt == "webdataset":
-        files = store.list_files(corpus, (".tar",))
-        shards = [Shard(f, fmt, shard_key(corpus, f)) for f in files]
+    if fmt in ("parquet", "webdataset"):
+        infos = store.file_infos(corpus, (".parquet",) if fmt == "parquet" else (".tar",))
+        shards = [Shard(f, fmt, shard_key(corpus, f), info=infos[f]) for f in sorted(infos)]
     elif fmt == "folder":
         if manifest:
             mfile = (
@@ -130,11 +130,12 @@ def list_shards(
         for mfile in manifests:
             if not store.exists(mfile):
                 raise CorpusError(f"manifest {mfile!r} not found")
+            info = store.info(mfile)
             n = len(_manifest_rows(store, mfile))
             for start in range(0, n, MANIFEST_ROWS_PER_SHARD):
                 stop = min(n, start + MANIFEST_ROWS_PER_SHARD)
                 key = shard_key(corpus, mfile, f"-{start:09d}")
-                shards.append(Shard(mfile, fmt, key, start, stop))
+                shards.append(Shard(mfile, fmt, key, start, stop, info=info))
     else:
         raise CorpusError(f"unknown corpus format {fmt!r}; valid: auto, {', '.join(FORMATS)}")
     if not shards:
@@ -197,8 +198,9 @@ def content_hash(row: dict) -> str:
 
 
 def source_signature(store: Storage, shard: Shard) -> dict:
-    """What changes when a shard's source changes: size plus ETag or modification time."""
-    info = store.info(shard.uri)
+    """What changes when a shard's source changes: size plus ETag or modification time, from
+    the listing that found the shard (`list_shards`), else from a request of its own."""
+    info = shard.info or store.info(shard.uri)
     stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
     sig = {"size": int(info.get("size") or 0), "stamp": str(stamp)}
     if shard.format == "folder":

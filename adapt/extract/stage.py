@@ -25,6 +25,7 @@ from adapt.extract.io import (
     commit_shard,
     output_sizes,
     quarantine_duplicates,
+    read_records,
     record_intact,
     remove_orphans,
     write_manifest,
@@ -124,29 +125,38 @@ def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
         lease.release()
 
 
-def _extract_holding(
+@dataclass
+class Survey:
+    """What an extract run has to do, found from listings and the commit records alone."""
+
+    shards: list[readers.Shard]
+    signatures: dict[str, dict]  # shard key -> its source's signature now
+    records: dict[str, dict | None]  # shard key -> its commit record
+    committed: set[str]  # shards done: whole outputs of these encoders, of the same source
+    pending: list[readers.Shard]
+    previous: dict[str, str]  # pending shard key -> its previous output, rows to reuse
+    broken: list[str]  # shards whose committed output files are gone or changed
+
+
+def survey(
     config: Config,
     store: Storage,
-    shards: list[readers.Shard],
-    encoders_id: str,
-    lease: Lease,
-    t0: float,
-) -> ExtractResult:
-    ext = config.extract
+    shards: list[readers.Shard] | None = None,
+    encoders_id: str | None = None,
+) -> Survey:
+    """Which shards are committed and which are to do: one listing of the corpus (the source
+    signatures come with it), one of the commit records, one read of the manifest, and the
+    records written since it; no model, no Ray."""
+    if shards is None:
+        shards = readers.list_shards(
+            store, config.corpus, config.extract.format, config.extract.manifest
+        )
+    encoders_id = encoders_id or encoders_fingerprint_id(config)
     signatures = {s.key: readers.source_signature(store, s) for s in shards}
-    records = {
-        s.key: store.read_json_or_none(layout.commit_record(config.output, s.key)) for s in shards
-    }
+    records = read_records(store, config.output, shards)
     sizes = output_sizes(store, config.output)
     intact = {k: bool(r) and record_intact(store, r, sizes) for k, r in records.items()}
     broken = sorted(k for k, r in records.items() if r and not intact[k])
-    if broken:
-        log.warning(
-            "extract: %d committed shard(s) lost or changed an output file since their commit "
-            "(e.g. %s): embedding them again",
-            len(broken),
-            broken[0],
-        )
     # A record of other encoders (a run killed before its manifest, then the config changed)
     # neither counts as done nor gives rows back: its vectors are another encoder's.
     same = {k for k, r in records.items() if intact[k] and r.get("encoders_id") == encoders_id}
@@ -160,13 +170,35 @@ def _extract_holding(
         for s in pending
         if s.key in same and records[s.key].get("embeddings_file")
     }
+    return Survey(shards, signatures, records, committed, pending, previous, broken)
+
+
+def _extract_holding(
+    config: Config,
+    store: Storage,
+    shards: list[readers.Shard],
+    encoders_id: str,
+    lease: Lease,
+    t0: float,
+) -> ExtractResult:
+    ext = config.extract
+    todo = survey(config, store, shards, encoders_id)
+    signatures, records, committed = todo.signatures, todo.records, todo.committed
+    pending, previous = todo.pending, todo.previous
+    if todo.broken:
+        log.warning(
+            "extract: %d committed shard(s) lost or changed an output file since their commit "
+            "(e.g. %s): embedding them again",
+            len(todo.broken),
+            todo.broken[0],
+        )
     log.info(
         "extract: %d shards, %d already committed, %d to do (%d changed, %d broken)",
         len(shards),
         len(committed),
         len(pending),
         len(previous),
-        len(broken),
+        len(todo.broken),
     )
     clean_uncommitted(store, config.output, [s for s in pending if s.key not in previous])
     init_ray(config.ray)
@@ -183,7 +215,10 @@ def _extract_holding(
     budget = {"seen": seen, "rejected": rejected, "embedded_now": 0, "shards": 0}
     last_log = [time.perf_counter()]
 
+    known = {k: records[k] for k in committed}
+
     def on_commit(record: dict) -> None:
+        known[record["shard"]] = record
         budget["seen"] += record["input_rows"]
         budget["rejected"] += record["rejected"]
         budget["embedded_now"] += record["newly_embedded"]
@@ -218,7 +253,7 @@ def _extract_holding(
     embedded_now = budget["embedded_now"]
     lease.check()
     if pending:
-        dups = quarantine_duplicates(store, config.output, shards)
+        dups = quarantine_duplicates(store, config.output, shards, known)
         if dups:
             log.warning(
                 "extract: %d row(s) repeat an id of an earlier shard; they are in %s as "
@@ -226,7 +261,7 @@ def _extract_holding(
                 dups,
                 layout.rejects_dir(config.output),
             )
-    manifest_uri, totals = write_manifest(store, config, shards, lineage)
+    manifest_uri, totals = write_manifest(store, config, shards, lineage, known)
     removed = remove_orphans(store, config.output, shards)
     if removed:
         log.info(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -72,20 +73,26 @@ class Registry:
 
     def history(self) -> list[dict]:
         """Every readable decision, oldest first (an unreadable record is skipped with a warning)."""
-        out = []
-        for f in self.store.list_files(layout.history_dir(self.output), (".json",)):
+        return list(reversed(list(self._newest_first())))
+
+    def _newest_first(self) -> Iterator[dict]:
+        """Readable decisions from the newest back, read one at a time as they are asked for."""
+        for f in reversed(self.store.list_files(layout.history_dir(self.output), (".json",))):
             try:
-                out.append({**self.store.read_json(f), "history": f})
+                yield {**self.store.read_json(f), "history": f}
             except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("registry: history record %s is unreadable; skipped", basename(f))
-        return out
 
     def last_promotion(self) -> dict | None:
         """The champion record the newest promoting decision in the history wrote, or None."""
-        for h in reversed(self.history()):
+        for h in self._newest_first():
             if h.get("promote") and h.get("champion_record"):
                 return {**h["champion_record"], "history": h["history"]}
         return None
+
+    def last_completed(self) -> dict | None:
+        """The newest decision of a night that ran to its end (status "ok"), or None."""
+        return next((h for h in self._newest_first() if h.get("status") == "ok"), None)
 
     def recover(self, lease: Lease) -> dict | None:
         """Complete a promotion that a killed night recorded but did not point to; return the

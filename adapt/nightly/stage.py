@@ -20,6 +20,8 @@ output (embedded shards, finished heads, checkpoints) for the next run to reuse.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import traceback
@@ -30,9 +32,9 @@ import numpy as np
 
 from adapt import layout
 from adapt.config import Config, ScoreTask
-from adapt.embeddings import Embeddings, load_embeddings
+from adapt.embeddings import Embeddings, load_embeddings, read_manifest
 from adapt.extract import readers
-from adapt.extract.stage import encoders_fingerprint_id, run_extract
+from adapt.extract.stage import encoders_fingerprint_id, run_extract, survey
 from adapt.extract.workers import embed_in_process
 from adapt.labels import build_task
 from adapt.nightly.champion import Registry, decide
@@ -40,7 +42,7 @@ from adapt.nightly.health import DRIFT_COSINE, embedding_health, row_cosine
 from adapt.rayutil import init_ray
 from adapt.score.cells import score_cell
 from adapt.score.stage import run_score
-from adapt.splits import fixed_holdout_mask
+from adapt.splits import fixed_holdout_mask, sample_mask
 from adapt.storage import Storage
 from adapt.train.artifact import load_head
 from adapt.train.stage import run_train
@@ -56,18 +58,26 @@ def compare_on_holdout(
     fraction: float,
     metric: str,
     seed: int = 0,
+    max_rows: int | None = None,
 ) -> dict:
     """Per task: the metric averaged over classifiers, fitted on projected non-held-out rows and
-    scored on held-out rows. `project(emb) -> [rows, d]` applies a head to these embeddings."""
+    scored on held-out rows. `project(emb) -> [rows, d]` applies a head to these embeddings.
+    With `max_rows`, each side is a stratified sample of at most that many rows, by id hash."""
     x = project(emb)
     held = fixed_holdout_mask(emb.ids, fraction)
+    ids = np.asarray(emb.ids, dtype=object)
     out = {}
     for spec in tasks:
         task = build_task(spec, emb.columns, 2)
         rows = task.rows
-        train, test = rows[~held[rows]], rows[held[rows]]
         pos_train = np.where(~held[rows])[0]
         pos_test = np.where(held[rows])[0]
+        if max_rows is not None:
+            pos_train, pos_test = (
+                p[sample_mask(task.y[p], task.task_type, max_rows, seed, ids[rows[p]], 2)]
+                for p in (pos_train, pos_test)
+            )
+        train, test = rows[pos_train], rows[pos_test]
         if len(test) == 0 or len(train) == 0:
             raise ValueError(f"task {spec.task_name}: no held-out or no training rows")
         values = []
@@ -178,6 +188,77 @@ def _scores(config: Config, store: Storage, head_uri: str, emb: Embeddings) -> d
         nc.classifiers,
         nc.holdout_fraction,
         nc.metric,
+        max_rows=nc.compare_max_rows,
+    )
+
+
+# Settings that change what a night decides (its training, comparison and tasks); resources and
+# fault-tolerance settings do not.
+_NIGHT_SETTINGS = ("train", "nightly", "encoders")
+
+
+def night_inputs_key(config: Config, encoders_id: str, records: dict) -> str:
+    """A digest of what a night reads: every shard's commit (its time and bytes) and the settings
+    that decide the head and the comparison. Two nights with the same key decide the same."""
+    from adapt.train.plan import RUNTIME_KEYS
+
+    settings = config.model_dump(mode="json", include=set(_NIGHT_SETTINGS))
+    for key in RUNTIME_KEYS:
+        settings["train"].pop(key, None)
+    for key in ("lease_ttl_s", "wait_for_lease_s"):
+        settings["nightly"].pop(key, None)
+    commits = sorted(
+        (k, r.get("committed_at"), r.get("embeddings_bytes"), r.get("embedded"))
+        for k, r in records.items()
+        if r
+    )
+    payload = {
+        "encoders_id": encoders_id,
+        "tasks": [t.model_dump(mode="json") for t in config.score.tasks],
+        "settings": settings,
+        "commits": commits,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _nothing_new(
+    registry: Registry,
+    run_id: str,
+    last: dict,
+    todo,
+    encoders_id: str,
+    inputs_key: str,
+    t0: float,
+) -> NightlyResult:
+    """A night with nothing to do: recorded as such, the champion left as it is."""
+    rows = sum(r["input_rows"] for r in todo.records.values() if r)
+    decision = {
+        "run_id": run_id,
+        "status": "ok",
+        "promote": False,
+        "reason": f"nothing new since {last.get('run_id')}: no shard changed, same settings",
+        "nothing_new": True,
+        "encoders_id": encoders_id,
+        "inputs_key": inputs_key,
+        "rows": {"input": rows, "embedded_now": 0},
+        "champion": last.get("champion"),
+        "challenger": last.get("challenger", {}),
+        "health": last.get("health", {}),
+        "stage_s": {"survey": time.perf_counter() - t0},
+    }
+    history_uri = registry.record(decision)
+    log.info("nightly %s: nothing new since %s; nothing ran", run_id, last.get("run_id"))
+    return NightlyResult(
+        run_id,
+        False,
+        decision,
+        encoders_id,
+        0,
+        rows,
+        decision["health"],
+        time.perf_counter() - t0,
+        decision["stage_s"],
+        history_uri,
     )
 
 
@@ -199,6 +280,14 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
         encoders_id = encoders_fingerprint_id(config)
         root = layout.version_root(config.output, encoders_id)
         vconfig = config.model_copy(update={"output": root})
+
+        # Nothing new since the last completed night, under the same settings: no Ray, no model.
+        todo = survey(vconfig, store, encoders_id=encoders_id)
+        inputs_key = night_inputs_key(config, encoders_id, todo.records)
+        if not todo.pending and store.exists(layout.manifest(root)):
+            last = registry.last_completed()
+            if last and last.get("inputs_key") == inputs_key:
+                return _nothing_new(registry, run_id, last, todo, encoders_id, inputs_key, t0)
         init_ray(config.ray)
 
         t = time.perf_counter()
@@ -215,11 +304,16 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
                 )
         extracted = run_extract(vconfig, store)
         stage_s["extract"] = time.perf_counter() - t
+        # What tonight decides on: the commits as the extract left them.
+        committed = {r["shard"]: r for r in read_manifest(store, root).get("shards", [])}
+        inputs_key = night_inputs_key(config, encoders_id, committed)
         lease.renew()
 
         stage = "health"
+        t = time.perf_counter()
         emb = load_embeddings(store, root)
         health = _probe_health(vconfig, store, emb, previous)
+        stage_s["health"] = time.perf_counter() - t
 
         stage = "train"
         t = time.perf_counter()
@@ -266,6 +360,7 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
             },
             previous_champion=champion and champion.get("head"),
             stage_s=stage_s,
+            inputs_key=inputs_key,
         )
         if decision["promote"]:
             # Recorded first, then pointed to: a night killed in between is completed by the next.
