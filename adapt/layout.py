@@ -149,6 +149,11 @@ def projected_manifest(dest: str) -> str:
     return join(dest, MANIFEST)
 
 
+def projected_commit(dest: str, embeddings_file: str) -> str:
+    """The record that one projected file is whole, written after it."""
+    return join(dest, "_commits", basename(embeddings_file).rsplit(".", 1)[0] + ".json")
+
+
 # -- score ----------------------------------------------------------------------------------------
 
 

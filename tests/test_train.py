@@ -285,6 +285,22 @@ def test_apply_writes_one_projected_file_per_embeddings_file(ray_local, tmp_path
     assert np.allclose(got, expected, atol=1e-6)
     assert store.read_json(join(dest, "_manifest.json"))["complete"]
     assert apply_head(store, result.head, out, dest).skipped_files == 3  # re-run: nothing to do
+    # A run killed before its manifest: the commit records say which files are whole.
+    os.remove(join(dest, "_manifest.json"))
+    assert apply_head(store, result.head, out, dest).skipped_files == 3
+    # A shard extract committed again since (other bytes under the same file name) is projected
+    # again, and only it; a projected file cut short is too.
+    manifest_uri = join(out, "embeddings", "_manifest.json")
+    manifest = store.read_json(manifest_uri)
+    manifest["shards"][1]["committed_at"] = "2030-01-01T00:00:00+00:00"
+    store.write_json(manifest_uri, manifest)
+    with open(join(dest, files[2]), "r+b") as f:
+        f.truncate(100)
+    again = apply_head(store, result.head, out, dest)
+    assert (again.files, again.skipped_files, again.rows) == (3, 1, 300)
+    records = store.read_json(join(dest, "_manifest.json"))["files"]
+    assert records[1]["source"]["committed_at"] == "2030-01-01T00:00:00+00:00"
+    assert store.read_parquet(join(dest, files[2])).num_rows == records[2]["rows"]
 
 
 def descendants(root: int) -> list[int]:

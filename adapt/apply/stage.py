@@ -9,6 +9,7 @@ complete and a re-run skips it; `{output}/projected/<run-id>/_manifest.json` com
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,9 +17,9 @@ from datetime import UTC, datetime
 from adapt import layout, schema
 from adapt.apply.workers import ApplyWorker
 from adapt.config import Config
-from adapt.embeddings import embedding_files, read_manifest
+from adapt.embeddings import read_manifest
 from adapt.rayutil import init_ray
-from adapt.storage import Storage, basename
+from adapt.storage import Storage, basename, join
 from adapt.train.artifact import load_head, resolve_head_uri
 
 
@@ -62,10 +63,12 @@ def apply_head(
     run = resolve_head_uri(store, head_uri)
     applied = load_head(run, store)
     manifest = read_manifest(store, embeddings_output)
-    files = embedding_files(manifest)
-    todo = [f for f in files if not store.exists(layout.projected_file(dest, f))]
+    sources = {r["embeddings_file"]: r for r in manifest["shards"] if r.get("embeddings_file")}
+    done = _done(store, dest, sources)
+    todo = [f for f in sources if f not in done]
     if todo:
-        ds = ray.data.from_items([{"file": f} for f in todo], override_num_blocks=len(todo))
+        items = [{"file": f, "source": json.dumps(_source(sources[f]))} for f in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(todo))
         ds = ds.map_batches(
             ApplyWorker,
             fn_constructor_kwargs={"store": store, "head_uri": run, "dest": dest},
@@ -74,12 +77,10 @@ def apply_head(
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=num_cpus,
         )
-        ds.materialize()
-    records = []
-    for f in files:
-        dst = layout.projected_file(dest, f)
-        meta = store.read_parquet(dst, columns=[schema.ID])
-        records.append({"file": f, "projected_file": dst, "rows": meta.num_rows})
+        for row in ds.iter_rows():
+            record = json.loads(row["record"])
+            done[record["file"]] = record
+    records = [done[f] for f in sources]
     uri = layout.projected_manifest(dest)
     store.write_json(
         uri,
@@ -99,12 +100,55 @@ def apply_head(
         dest,
         uri,
         applied.card.get("run_id", basename(run)),
-        len(files),
-        len(files) - len(todo),
+        len(sources),
+        len(sources) - len(todo),
         sum(r["rows"] for r in records),
         applied.out_dim,
         time.perf_counter() - t0,
     )
+
+
+def _source(record: dict) -> dict:
+    """What identifies an embeddings file's content: its commit (time and bytes)."""
+    return {
+        "committed_at": record.get("committed_at"),
+        "bytes": record.get("embeddings_bytes"),
+        "rows": record.get("embedded"),
+    }
+
+
+def _done(store: Storage, dest: str, sources: dict[str, dict]) -> dict[str, dict]:
+    """Embeddings file -> the record of its projection, for the files whose projection is whole
+    and made from the embeddings as they are now: one listing of the projected files, one of the
+    commit records, one read of the previous manifest, and a read of each record it lacks. An
+    embeddings file that extract has written again since (a changed shard) is projected again."""
+    sizes = store.file_sizes(dest, (".parquet",))
+    listed = store.file_infos(join(dest, "_commits"), (".json",), recursive=False)
+    previous = store.read_json_or_none(layout.projected_manifest(dest)) or {}
+    known = {r["file"]: r for r in previous.get("files", []) if "source" in r}
+
+    def whole(record: dict | None, rec: dict) -> bool:
+        return bool(record) and (
+            record.get("source") == _source(rec)
+            and sizes.get(record["projected_file"]) == record.get("bytes")
+        )
+
+    done = {}
+    for f, rec in sources.items():
+        uri = layout.projected_commit(dest, f)
+        if uri not in listed:
+            continue
+        record = known.get(f)
+        if not whole(record, rec):  # the manifest's copy is older than the record: read it
+            record = store.read_json_or_none(uri)
+        if whole(record, rec):
+            done[f] = record
+    # Projections of embeddings files that are gone (a shard removed from the corpus) go too.
+    current = {layout.projected_file(dest, f) for f in sources}
+    for stale in sorted(set(sizes) - current):
+        store.delete(stale)
+        store.delete(layout.projected_commit(dest, stale))
+    return done
 
 
 def main(config: Config) -> ApplyResult:

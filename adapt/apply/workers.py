@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from adapt import layout
@@ -11,7 +13,8 @@ from adapt.train.artifact import load_head
 
 
 class ApplyWorker:
-    """Ray Data actor: loads the head once, then projects and writes one embeddings file a call."""
+    """Ray Data actor: loads the head once, then projects and writes one embeddings file a call,
+    its commit record after it."""
 
     def __init__(self, store: Storage, head_uri: str, dest: str) -> None:
         self.store, self.dest = store, dest
@@ -19,9 +22,18 @@ class ApplyWorker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
-        for src in batch.column("file").to_pylist():
+        for item in batch.to_pylist():
+            src = item["file"]
             dst = layout.projected_file(self.dest, src)
             table = project_table(self.applied, self.store.read_parquet(src))
-            self.store.write_parquet(dst, table)
-            rows.append({"file": src, "projected_file": dst, "rows": table.num_rows})
+            record = {
+                "file": src,
+                "projected_file": dst,
+                "rows": table.num_rows,
+                "bytes": self.store.write_parquet(dst, table),
+                "source": json.loads(item["source"]),
+            }
+            # Last: a projected file counts as done only with its record.
+            self.store.write_json(layout.projected_commit(self.dest, src), record)
+            rows.append({"record": json.dumps(record)})
         return pa.Table.from_pylist(rows)

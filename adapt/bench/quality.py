@@ -164,6 +164,7 @@ def run_corpus(
         "representations": REPRESENTATIONS[name],
         "classifier_params": CLASSIFIER_PARAMS,
         "predictions": True,
+        "max_rows": None,  # the published figures score every row of these small corpora
     }
     if classifiers:
         score["classifiers"] = classifiers
