@@ -542,10 +542,11 @@ def test_nightly_killed_after_extract_during_train_and_before_promotion(
     assert killed.returncode == -signal.SIGKILL
     recorded = registry.history()[-1]
     assert recorded["promote"] and registry.champion()["head"] == second.decision["head"]
+    # The next night completes the promotion; with nothing new since, it stops there.
     third = run_nightly(cfg)
-    assert third.decision["previous_champion"] == recorded["head"]  # completed, then superseded
+    assert third.decision["nothing_new"] and not third.promoted
     champion = registry.champion()
-    assert champion["head"] == third.decision["head"] and champion["history"] == third.history_uri
+    assert champion["head"] == recorded["head"] and champion["history"] == recorded["history"]
     promoted = {h["head"] for h in registry.history() if h.get("promote")}
     assert {first.decision["head"], second.decision["head"], recorded["head"]} <= promoted
     assert [h["status"] for h in registry.history()] == ["ok"] * 4
