@@ -14,7 +14,9 @@ from adapt.config import load_config
 from adapt.lease import LeaseHeld
 from adapt.nightly.champion import Registry
 from adapt.nightly.stage import run_nightly
+from adapt.splits import fixed_holdout_mask
 from adapt.storage import Storage, join
+from adapt.train.artifact import load_head
 from tests import corpus_fixtures as cf
 
 
@@ -85,7 +87,9 @@ def test_two_nights_incremental_then_failure_and_lease(
     assert reg.champion()["head"] == first.decision["head"]
 
     # The corpus grows by a new shard and one row changes in an old one.
-    _write(store, join(corpus, "part-002.parquet"), _items(6, 80))
+    # The new shard's rows are in the user's test split: the night's head must not train on them.
+    new_rows = [{**r, "split": "test"} for r in _items(6, 80)]
+    _write(store, join(corpus, "part-002.parquet"), new_rows)
     changed = _items(40, 40)
     changed[0]["text"] = "the blue cat"
     _write(store, join(corpus, "part-001.parquet"), changed)
@@ -95,6 +99,12 @@ def test_two_nights_incremental_then_failure_and_lease(
     assert second.health["modalities"]["text"]["unchanged_rows"] == 79
     assert second.decision["champion"] is not None and "challenger" in second.decision
     assert second.version == first.version
+    card = load_head(second.decision["head"], store).card
+    ids = [f"r{i:04d}" for i in range(86)]
+    trains = [i for i, h in zip(ids, fixed_holdout_mask(ids, 0.3), strict=True) if not h]
+    assert card["data"]["train_rows"] + card["data"]["val_rows"] == len(
+        [i for i in trains if int(i[1:]) < 80]
+    )
     history = reg.history()
     assert [h["status"] for h in history] == ["ok", "ok"]
     champion_before = reg.champion()

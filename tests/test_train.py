@@ -99,6 +99,15 @@ def test_plan_holds_out_test_rows_and_splits_by_id(tmp_path):
     ids = sorted(plan.train_ids)[:100]
     given = plan_run(make_config(out), store, train_ids=ids)
     assert sorted([*given.train_ids, *given.val_ids]) == ids
+    # Given ids replace the split rule (the caller chose them), and unknown ids are an error.
+    emb = load_embeddings(store, out)
+    test_ids = sorted(
+        str(i) for i, s in zip(emb.ids, emb.labels("split"), strict=True) if s == "test"
+    )
+    with_test = plan_run(make_config(out), store, train_ids=ids + test_ids[:50])
+    assert len(with_test.train_ids) + len(with_test.val_ids) == 150
+    with pytest.raises(ValueError, match="2 requested training ids are not in the embeddings"):
+        plan_run(make_config(out), store, train_ids=[*ids, "nope-1", "nope-2"])
 
 
 def test_local_run_round_trip_and_rerun(tmp_path):

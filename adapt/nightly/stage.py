@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from adapt import layout
+from adapt import layout, schema
 from adapt.config import Config, ScoreTask
 from adapt.embeddings import Embeddings, load_embeddings, read_manifest
 from adapt.extract import readers
@@ -317,12 +317,16 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
 
         stage = "train"
         t = time.perf_counter()
-        train_ids = [
-            str(i)
-            for i, h in zip(emb.ids, fixed_holdout_mask(emb.ids, nc.holdout_fraction), strict=True)
-            if not h
-        ]
-        trained = run_train(vconfig, store, train_ids=train_ids)
+        held = fixed_holdout_mask(emb.ids, nc.holdout_fraction)
+        # The night's rows: not held out for the comparison, and not in a split the head must
+        # never train on (given ids replace train.exclude_splits in the plan).
+        trains = ~held
+        if schema.SPLIT in emb.columns:
+            trains &= ~np.isin(
+                np.array(emb.columns[schema.SPLIT], dtype=object).astype(str),
+                list(config.train.exclude_splits),
+            )
+        trained = run_train(vconfig, store, train_ids=emb.ids[trains].astype(str).tolist())
         stage_s["train"] = time.perf_counter() - t
         lease.renew()
 
@@ -356,7 +360,7 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
             rows={
                 "input": extracted.input_rows,
                 "embedded_now": extracted.embedded_now,
-                "holdout": int(fixed_holdout_mask(emb.ids, nc.holdout_fraction).sum()),
+                "holdout": int(held.sum()),
             },
             previous_champion=champion and champion.get("head"),
             stage_s=stage_s,

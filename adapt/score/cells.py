@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import sklearn
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
@@ -129,6 +130,12 @@ def _full_columns(scores: np.ndarray, present: np.ndarray, n_classes: int) -> np
     return full
 
 
+# The chunk size of scikit-learn's pairwise computations (kNN's distances), in MiB. Its default,
+# 1,024, made one kNN cell on 20,000 x 20,000 rows peak at 1.8 GB; 64 peaked at 0.4 GB and ran
+# faster (9 s against 16 s).
+WORKING_MEMORY_MB = 64
+
+
 def score_cell(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -186,13 +193,14 @@ def score_cell(
     if approximation:
         notes.append(approximation)
 
-    start = time.perf_counter()
-    estimator.fit(X_train, y_fit)
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    y_pred = np.asarray(estimator.predict(X_test))
-    scores = _positive_scores(estimator, X_test)
-    predict_s = time.perf_counter() - start
+    with sklearn.config_context(working_memory=WORKING_MEMORY_MB):
+        start = time.perf_counter()
+        estimator.fit(X_train, y_fit)
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        y_pred = np.asarray(estimator.predict(X_test))
+        scores = _positive_scores(estimator, X_test)
+        predict_s = time.perf_counter() - start
 
     if present is None:
         y_pred = y_pred.astype(np.int64)

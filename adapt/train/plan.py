@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from adapt import layout, schema
 from adapt.config import Config
@@ -131,13 +132,17 @@ def plan_run(
         else (read_ids(store, cfg.ids_uri) if cfg.ids_uri else None)
     )
     if wanted is not None:
-        missing = set(wanted) - set(ids.tolist())
-        if missing:
+        wanted = pa.array(list(wanted), pa.string())
+        found = pc.is_in(wanted, value_set=index.column(schema.ID))
+        if not pc.all(found).as_py():
+            missing = wanted.filter(pc.invert(found)).to_pylist()
             raise ValueError(
                 f"{len(missing)} requested training ids are not in the embeddings, "
                 f"e.g. {sorted(missing)[:5]}"
             )
-        keep = np.isin(ids, np.array(list(wanted), dtype=object))
+        # A hash lookup: numpy's isin compares object arrays element by element against every
+        # wanted id (n x m), which took four minutes for 100,000 rows.
+        keep = pc.is_in(index.column(schema.ID), value_set=wanted).to_numpy(zero_copy_only=False)
     labels_all = index.column("label").to_pylist()
     keep &= np.array([x is not None for x in labels_all], dtype=bool)
     rows = np.flatnonzero(keep)
