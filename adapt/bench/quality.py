@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from adapt.bench.procs import tree_rss_mb
 from adapt.bench.quality_tables import recommend_again, write_combined, write_summary
 from adapt.config import load_config
 from adapt.storage import Storage
@@ -68,33 +69,6 @@ ENCODERS = {
 }
 
 
-def _descendants_rss_mb(root: int) -> float:
-    """Resident memory of a process and all its descendants (driver + local Ray), from /proc."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(stat[1])
-            rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    keep, frontier = {root}, [root]
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    while frontier:
-        pid = frontier.pop()
-        for child in children.get(pid, []):
-            if child not in keep:
-                keep.add(child)
-                frontier.append(child)
-    return sum(rss.get(p, 0) for p in keep) / 2**20
-
-
 class PeakMemory:
     """Samples the process tree's RSS twice a second; `peak_mb` is the largest sum seen."""
 
@@ -105,7 +79,7 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, _descendants_rss_mb(os.getpid()))
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
             self._stop.wait(0.5)
 
     def __enter__(self) -> PeakMemory:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from adapt.bench import save_report
+from adapt.bench.procs import descendants, hwm_mb, processes
 
 SIZES = (10_000, 100_000, 1_000_000)
 SHARD_ROWS = 10_000
@@ -108,35 +109,6 @@ def write_corpus(folder: str, start: int, rows: int) -> list[str]:
 # -- measuring a stage -----------------------------------------------------------------------------
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            out[int(entry)] = (ppid, cmd)
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
-def _hwm_mb(pid: int) -> float:
-    """The largest resident size the process has reached (VmHWM), in MiB."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 class TreeMemory:
     """Peak resident memory of a process tree, sampled from /proc: the root (the driver), its
     `ray::` descendants (workers) and its other descendants (Ray's daemons)."""
@@ -149,23 +121,14 @@ class TreeMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        procs = _processes()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        tree, frontier = {self.root}, [self.root]
-        while frontier:
-            for child in children.get(frontier.pop(), []):
-                if child not in tree:
-                    tree.add(child)
-                    frontier.append(child)
-        for pid in tree:
-            cmd = procs.get(pid, (0, ""))[1]
+        procs = processes()
+        for pid in descendants(self.root, procs) | {self.root}:
+            cmd = procs[pid].cmd if pid in procs else ""
             kind = (
                 "driver" if pid == self.root else ("worker" if cmd.startswith("ray::") else "ray")
             )
             self.kinds[pid] = kind
-            self.peaks[pid] = max(self.peaks.get(pid, 0.0), _hwm_mb(pid))
+            self.peaks[pid] = max(self.peaks.get(pid, 0.0), hwm_mb(pid))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -256,13 +219,32 @@ def stage_config(corpus: str, root: str) -> dict:
     return {**data, "output": layout.version_root(root, encoders_id)}
 
 
-def run_size(n: int, work: str) -> dict:
-    """Every stage on a corpus of n rows under `work`; returns the figures per stage."""
+def corpus_ready(corpus: str, n: int) -> bool:
+    """Whether `corpus` holds exactly the shards `write_corpus(corpus, 0, n)` writes, whole."""
+    want = [f"part-{s // SHARD_ROWS:05d}.parquet" for s in range(0, n, SHARD_ROWS)]
+    if not os.path.isdir(corpus) or sorted(os.listdir(corpus)) != want:
+        return False
+    rows = sum(pq.ParquetFile(os.path.join(corpus, f)).metadata.num_rows for f in want)
+    return rows == n
+
+
+def run_size(n: int, work: str, reuse_corpus: bool = False) -> dict:
+    """Every stage on a corpus of n rows under `work`; returns the figures per stage.
+    `reuse_corpus`: keep a corpus of n rows already there (made by an earlier `--keep` run or
+    by `write_corpus`) instead of writing it again; outputs always start empty."""
     corpus, root = os.path.join(work, "corpus"), os.path.join(work, "out")
-    shutil.rmtree(work, ignore_errors=True)
+    reuse = reuse_corpus and corpus_ready(corpus, n)
+    if reuse:
+        for name in os.listdir(work):
+            if name != "corpus":
+                path = os.path.join(work, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     os.makedirs(root)
     t = time.perf_counter()
-    write_corpus(corpus, 0, n)
+    if not reuse:
+        write_corpus(corpus, 0, n)
     made_s = time.perf_counter() - t
     cfg = stage_config(corpus, root)
     path, night_path = os.path.join(work, "stages.yaml"), os.path.join(work, "nightly.yaml")
@@ -271,7 +253,7 @@ def run_size(n: int, work: str) -> dict:
     with open(night_path, "w") as f:
         yaml.safe_dump({**cfg, "output": root}, f)
     log = os.path.join(work, "stages.log")
-    out: dict = {"rows": n, "corpus_s": round(made_s, 1)}
+    out: dict = {"rows": n, "corpus_s": None if reuse else round(made_s, 1)}
     for stage in STAGES:
         print(f"  {n} rows: {stage} ...", flush=True)
         out[stage] = run_stage(stage, path, root, log)
@@ -348,15 +330,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default="out/bench/scale-work", help="corpora and outputs (removed)")
     p.add_argument("--keep", action="store_true", help="keep the corpora and outputs")
     p.add_argument("--out", default=None, help="write the figures here as JSON")
+    p.add_argument(
+        "--reuse-corpus",
+        action="store_true",
+        help="use a corpus of the right size already under --work (from --keep) instead of "
+        "writing it again",
+    )
     args = p.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     runs = []
     for n in sizes:
         print(f"scale: {n} rows", flush=True)
-        runs.append(run_size(n, os.path.join(args.work, str(n))))
+        runs.append(run_size(n, os.path.join(args.work, str(n)), args.reuse_corpus))
         report = summarise(runs)
         save_report(args.out, report)  # after every size: a long run keeps what it measured
-        if not args.keep:
+        if not args.keep and not args.reuse_corpus:
             shutil.rmtree(os.path.join(args.work, str(n)), ignore_errors=True)
     print(json.dumps({k: report[k] for k in report if k != "stages"}, indent=2))
     return report
