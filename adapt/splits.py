@@ -145,21 +145,53 @@ def holdout_mask(
     stage all get the same split. Multi-label tasks are split by key alone, unstratified.
     Without ids, row positions stand in for them.
     """
+    keys = row_keys(range(len(y)) if ids is None else ids, seed)
+    return holdout_thresholds(y, task_type, fraction, keys)[0]
+
+
+def holdout_thresholds(
+    y: np.ndarray, task_type: str, fraction: float, keys: np.ndarray
+) -> tuple[np.ndarray, list[int | None]]:
+    """`holdout_mask` from given row keys, and the rule that reproduces it row by row: per class
+    id, the largest key held out (None: none of that class), so that a row is held out exactly
+    when its key is at most its class's threshold. Multi-label tasks: one threshold, first.
+    Keys are distinct for distinct ids (64-bit hashes), so the rule and the mask agree."""
     n = len(y)
     mask = np.zeros(n, dtype=bool)
+    multilabel = task_type == "multilabel" or y.ndim == 2
+    n_classes = 1 if multilabel or n == 0 else int(y.max()) + 1
+    thresholds: list[int | None] = [None] * n_classes
     if fraction <= 0 or n == 0:
-        return mask
-    keys = row_keys(range(n) if ids is None else ids, seed)
-    if task_type == "multilabel" or y.ndim == 2:
+        return mask, thresholds
+    if multilabel:
         k = min(int(round(fraction * n)), n - 1)
-        mask[np.argsort(keys, kind="stable")[:k]] = True
-        return mask
+        held = np.argsort(keys, kind="stable")[:k]
+        mask[held] = True
+        thresholds[0] = int(keys[held].max()) if k > 0 else None
+        return mask, thresholds
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
         k = min(int(round(fraction * len(rows))), len(rows) - 1)
         if k > 0:
-            mask[rows[np.argsort(keys[rows], kind="stable")[:k]]] = True
-    return mask
+            held = rows[np.argsort(keys[rows], kind="stable")[:k]]
+            mask[held] = True
+            thresholds[int(c)] = int(keys[held].max())
+    return mask, thresholds
+
+
+def under_thresholds(
+    y: np.ndarray, keys: np.ndarray, thresholds: Sequence[int | None], multilabel: bool
+) -> np.ndarray:
+    """Rows whose key is at most their class's threshold (`holdout_thresholds`' rule)."""
+    if multilabel:
+        t = thresholds[0] if thresholds else None
+        return np.zeros(len(keys), bool) if t is None else keys <= np.uint64(t)
+    has = np.array([t is not None for t in thresholds], dtype=bool)
+    limit = np.array([t or 0 for t in thresholds], dtype=np.uint64)
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return np.zeros(0, dtype=bool)
+    return has[y] & (keys <= limit[y])
 
 
 def sample_mask(

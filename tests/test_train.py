@@ -22,6 +22,7 @@ import yaml
 
 from adapt import layout, schema
 from adapt.apply.stage import apply_head
+from adapt.bench.procs import descendants, processes
 from adapt.config import load_config
 from adapt.embeddings import load_embeddings
 from adapt.layout import CARD_FILE
@@ -108,6 +109,57 @@ def test_plan_holds_out_test_rows_and_splits_by_id(tmp_path):
     assert len(with_test.train_ids) + len(with_test.val_ids) == 150
     with pytest.raises(ValueError, match="2 requested training ids are not in the embeddings"):
         plan_run(make_config(out), store, train_ids=[*ids, "nope-1", "nope-2"])
+
+
+class FileBlocks:
+    """Stands in for a worker's dataset shard: the embedding files' rows in blocks of 50."""
+
+    def __init__(self, store: Storage, plan, columns: list[str]) -> None:
+        self.store, self.plan, self.columns = store, plan, columns
+
+    def iter_batches(self, batch_size=None, batch_format="pyarrow"):
+        for f in self.plan.files[::-1]:  # another order than the driver's
+            table = self.store.read_parquet(f, columns=self.columns)
+            yield from (table.slice(lo, 50) for lo in range(0, table.num_rows, 50))
+
+
+def test_workers_find_the_planned_rows_from_the_rule_alone(tmp_path):
+    """A worker gets no id lists: from each row's id, label and split it finds the rows the
+    driver planned, train and validation, with or without the nightly's fixed hold-out."""
+    from adapt.splits import fixed_holdout_mask
+    from adapt.train.workers import _materialize
+
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out, n=900)
+    emb = load_embeddings(store, out)
+    for holdout in (None, 0.3):
+        plan = plan_run(make_config(out), store, fixed_holdout=holdout)
+        sent = plan.for_workers()
+        assert len(sent.train_ids) == len(sent.val_ids) == 0 and sent.y_train is None
+        columns = [schema.ID, plan.label_column, schema.SPLIT]
+        columns += [schema.embedding_column(m) for m in plan.modalities]
+        x, y, is_val = _materialize(FileBlocks(store, plan, columns), sent)
+        position = {str(i): k for k, i in enumerate(emb.ids)}
+        want = np.sort(np.concatenate([plan.train_ids, plan.val_ids]))
+        got_rows = [position[i] for i in want]
+        assert len(y) == len(want) and int(is_val.sum()) == len(plan.val_ids) > 0
+        np.testing.assert_array_equal(x["text"], emb.features["text"][got_rows])
+        assert set(want[is_val]) == set(plan.val_ids)
+        if holdout:
+            assert not fixed_holdout_mask(want, holdout).any()
+            assert len(want) < 630 * 0.8  # 900 rows, 270 in split "test", then the hold-out
+        else:
+            assert len(want) == 630
+    # Multi-label rows (lists of labels) are held out by key alone, by one threshold.
+    ml = str(tmp_path / "multilabel")
+    feats, _ = buried_signal(300, DIMS, n_classes=4, seed=1)
+    write_embeddings(store, ml, feats, [[f"t{i % 3}", f"u{i % 2}"] for i in range(300)])
+    plan = plan_run(make_config(ml), store)
+    assert plan.task_type == "multilabel" and len(plan.rule.val_thresholds) == 1
+    columns = [schema.ID, plan.label_column, *(schema.embedding_column(m) for m in plan.modalities)]
+    _, y, is_val = _materialize(FileBlocks(store, plan, columns), plan.for_workers())
+    assert y.shape == (300, 5) and int(is_val.sum()) == len(plan.val_ids) == 60
 
 
 def test_local_run_round_trip_and_rerun(tmp_path):
@@ -312,32 +364,10 @@ def test_apply_writes_one_projected_file_per_embeddings_file(ray_local, tmp_path
     assert store.read_parquet(join(dest, files[2])).num_rows == records[2]["rows"]
 
 
-def descendants(root: int) -> list[int]:
-    """Processes under `root` (this test's local Ray runs under the test process)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(
-                    Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-            except (OSError, IndexError, ValueError):
-                pass
-    found = []
-    for pid in parent:
-        p = parent[pid]
-        while p in parent and p not in (root, 0, 1):
-            p = parent[p]
-        if p == root:
-            found.append(pid)
-    return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+def train_workers() -> list[int]:
+    """Ray Train worker processes under this test process (its local Ray runs under it)."""
+    procs = processes()
+    return [p for p in descendants(os.getpid(), procs) if "RayTrainWorker" in procs[p].cmd]
 
 
 def wait_for_checkpoint(pointer: Path, proc: subprocess.Popen, log: Path, after: int = 0) -> int:
@@ -391,7 +421,7 @@ def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local,
     # Ray stops the dead job's Train worker when it notices its driver is gone; until then (well
     # under a second) the worker may finish an epoch or two and checkpoint them.
     deadline = time.time() + 60
-    while any("RayTrainWorker" in command_line(p) for p in descendants(os.getpid())):
+    while train_workers():
         assert time.time() < deadline, "the killed job's Train worker did not stop"
         time.sleep(0.1)
     killed_at = json.loads(pointer.read_text())["epoch"]
@@ -404,7 +434,7 @@ def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local,
         )
     try:
         worker_killed_at = wait_for_checkpoint(pointer, proc, log, after=killed_at)
-        workers = [p for p in descendants(os.getpid()) if "RayTrainWorker" in command_line(p)]
+        workers = train_workers()
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)
         assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]

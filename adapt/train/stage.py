@@ -23,7 +23,9 @@ after it makes it visible, so a reader never picks up half a checkpoint.
 Which rows train: every embedded row whose `split` is not in `train.exclude_splits` (or those in
 `train.ids_uri`, or the ids a caller passes); of those, `train.early_stopping_fraction` of each
 class is held out for early stopping by a hash of the row id (`adapt.splits.holdout_mask`), decided
-once on the driver so that every worker, a resumed run and the score stage agree.
+once on the driver so that every worker, a resumed run and the score stage agree. Workers get the
+decision as a rule (`plan.RowRule`: excluded splits and a key threshold per class), not as lists
+of ids, and apply it to the rows they read.
 """
 
 from __future__ import annotations
@@ -183,17 +185,19 @@ def run_train(
     store: Storage | None = None,
     train_ids: list[str] | None = None,
     run_id: str | None = None,
+    fixed_holdout: float | None = None,
 ) -> TrainResult:
     """Train (or resume, or find complete) the head the config describes; return where it went.
 
-    `train_ids` fits on exactly those rows (the score stage passes its own training rows); the
-    validation share is then held out of them. `run_id` names the run (default: derived).
+    `train_ids` fits on exactly those rows; the validation share is then held out of them.
+    `fixed_holdout` leaves out the rows the nightly comparison holds out (`splits.in_fixed_holdout`
+    with that fraction). `run_id` names the run (default: derived).
     """
     t0 = time.perf_counter()
     wall0 = time.time()
     store = store or Storage(config.storage)
     cfg = config.train
-    plan = plan_run(config, store, train_ids, run_id)
+    plan = plan_run(config, store, train_ids, run_id, fixed_holdout)
     run = layout.head_dir(config.output, plan.run_id)
     done = store.read_json_or_none(layout.head_card(run))
     if done:
@@ -242,6 +246,7 @@ def run_train(
             "exclude_splits": cfg.exclude_splits,
             "ids_uri": cfg.ids_uri,
             "given_ids": train_ids is not None,
+            "fixed_holdout": fixed_holdout,
         },
         "mode": mode,
         "resumed_from": state.resumed_from,
