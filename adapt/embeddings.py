@@ -7,10 +7,12 @@ files count: the manifest (written last) names them, so a reader never picks up 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from adapt import layout, schema
 from adapt.storage import Storage, join
@@ -77,41 +79,76 @@ def fixed_size_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return flat.reshape(-1, dim)
 
 
-def load_embeddings(store: Storage, output: str, require_all: bool = True) -> Embeddings:
+def load_embeddings(
+    store: Storage,
+    output: str,
+    require_all: bool = True,
+    *,
+    features: bool = True,
+    ids: Sequence[str] | None = None,
+    files: Sequence[str] | None = None,
+) -> Embeddings:
     """Every committed embedded row, in shard order.
 
     With `require_all`, rows missing an optional modality are dropped from the result (a head needs
-    every input); the count dropped is in `manifest["dropped_incomplete"]`.
+    every input); the count dropped is in `manifest["dropped_incomplete"]`. `features=False`: ids
+    and label columns only (each modality an [N, 0] array), for deciding which rows to read.
+    `ids`: only these rows. `files`: only these of the manifest's files. Files are read one at a
+    time and cut down as they come, so the driver never holds more than one beyond the result.
     """
     manifest = read_manifest(store, output)
     check_files(store, output, manifest)
-    tables = [store.read_parquet(f) for f in embedding_files(manifest)]
-    if not tables:
+    names = embedding_files(manifest)
+    if files is not None:
+        wanted_files = set(files)
+        names = [f for f in names if f in wanted_files]
+    elif not names:
         raise EmbeddingsError(f"the manifest under {output} names no embedded rows")
-    table = pa.concat_tables(tables, promote_options="permissive")
     modalities = sorted(manifest["schema"])
     emb_cols = [schema.embedding_column(m) for m in modalities]
+    wanted = None if ids is None else pa.array(list(map(str, ids)), pa.string())
+    tables, dropped = [], 0
+    for f in names:
+        table = store.read_parquet(f)
+        if wanted is not None:
+            table = table.filter(pc.is_in(table.column(schema.ID), value_set=wanted))
+        if require_all:
+            keep = np.ones(table.num_rows, dtype=bool)
+            for c in emb_cols:
+                keep &= table.column(c).is_valid().to_numpy(zero_copy_only=False)
+            dropped += int((~keep).sum())
+            table = table.filter(pa.array(keep))
+        if not features:
+            table = table.drop_columns([c for c in emb_cols if c in table.column_names])
+        tables.append(table)
     if require_all:
-        keep = np.ones(table.num_rows, dtype=bool)
-        for c in emb_cols:
-            keep &= table.column(c).is_valid().to_numpy(zero_copy_only=False)
-        manifest = {**manifest, "dropped_incomplete": int((~keep).sum())}
-        table = table.filter(pa.array(keep))
-    features = {
-        m: fixed_size_to_numpy(table.column(c)) for m, c in zip(modalities, emb_cols, strict=True)
+        manifest = {**manifest, "dropped_incomplete": dropped}
+    if not tables:
+        return Embeddings(
+            np.zeros(0, dtype=object),
+            {m: np.zeros((0, 0), dtype=np.float32) for m in modalities},
+            {},
+            manifest,
+        )
+    table = pa.concat_tables(tables, promote_options="permissive")
+    del tables
+    n = table.num_rows
+    arrays = {
+        m: fixed_size_to_numpy(table.column(c)) if features else np.zeros((n, 0), np.float32)
+        for m, c in zip(modalities, emb_cols, strict=True)
     }
     columns = {
         c: table.column(c).to_pylist()
         for c in table.column_names
         if c.startswith(schema.LABEL) or c in (schema.SPLIT, schema.CONTENT_HASH)
     }
-    ids = np.array(table.column(schema.ID).to_pylist(), dtype=object)
-    if len(set(ids)) != len(ids):
+    row_ids = np.array(table.column(schema.ID).to_pylist(), dtype=object)
+    if pc.count_distinct(table.column(schema.ID)).as_py() != n:
         raise EmbeddingsError(
             f"the embeddings under {output} repeat ids; run `adapt extract` again on this output "
             "(it moves repeated ids to rejects/ as duplicate_id)"
         )
-    return Embeddings(ids, features, columns, manifest)
+    return Embeddings(row_ids, arrays, columns, manifest)
 
 
 def check_files(store: Storage, output: str, manifest: dict) -> None:

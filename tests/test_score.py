@@ -685,10 +685,21 @@ def test_max_rows_scores_a_stratified_sample_and_the_report_says_so(tmp_path, co
     sampled = set(task.rows.tolist())
     for fold in plan.folds[task.name]:
         assert set(fold.rows_train) | set(fold.rows_test) <= sampled
+    # The stage reads the vectors of the sampled rows only, and draws the same sample.
+    from adapt.score.stage import _read_sampled
+
+    read, (read_task,) = _read_sampled(config, Storage())[:2]
+    assert len(read) == 120 and read_task.sample == task.sample
+    assert sorted(read.ids[read_task.rows]) == sorted(emb.ids[task.rows])
+    assert read.labels()[read_task.rows[0]] == read_task.labels[0]
+    np.testing.assert_array_equal(
+        read.features["text"][read_task.rows], emb.features["text"][task.rows]
+    )
     run_score(config)
     report = json.loads((tmp_path / "out" / "reports" / "sampled" / "report.json").read_text())
     validate_report(report)
     assert report["tasks"][0]["sample"]["of"] == 300 and report["tasks"][0]["n_rows"] == 120
+    assert report["inputs"]["rows"] == 300
     assert all(g["n_rows"] == 120 for g in report["gains"])  # pooled over the sample's folds
     md = (tmp_path / "out" / "reports" / "sampled" / "report.md").read_text()
     assert "120 rows sampled of 300" in md and "score.max_rows = 120" in md

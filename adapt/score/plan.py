@@ -162,17 +162,29 @@ def _sample_fold(plan: ScorePlan) -> Fold:
     return next(f for f in plan.folds[plan.tasks[0].name] if f.kind == "test")
 
 
-def make_plan(config: Config, emb: Embeddings, head_arrays: dict | None = None) -> ScorePlan:
-    """Tasks, folds and the grid for a configuration and loaded embeddings (no Ray, no I/O)."""
+def sampled_tasks(config: Config, emb: Embeddings) -> list[Task]:
+    """The configured tasks over these rows, each on its sample (`sample_task`)."""
+    sc = config.score
+    return [
+        sample_task(build_task(spec, emb.columns, sc.n_folds), sc, emb.ids, spec.min_class_count)
+        for spec in sc.tasks
+    ]
+
+
+def make_plan(
+    config: Config,
+    emb: Embeddings,
+    head_arrays: dict | None = None,
+    tasks: list[Task] | None = None,
+) -> ScorePlan:
+    """Tasks, folds and the grid for a configuration and loaded embeddings (no Ray, no I/O).
+    `tasks`: already decided (`sampled_tasks`), with rows indexing `emb`."""
     sc = config.score
     head_arrays = head_arrays or {}
     reps = expand_representations(
         sc.representations, emb.modalities, [k.partition(":")[2] for k in head_arrays]
     )
-    tasks = [
-        sample_task(build_task(spec, emb.columns, sc.n_folds), sc, emb.ids, spec.min_class_count)
-        for spec in sc.tasks
-    ]
+    tasks = tasks if tasks is not None else sampled_tasks(config, emb)
     folds = {t.name: plan_folds(t, sc) for t in tasks}
     return ScorePlan(
         tasks,

@@ -18,8 +18,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+
+import numpy as np
 
 from adapt import __version__ as adapt_version
 from adapt import layout
@@ -33,7 +35,13 @@ from adapt.score.io import (
     write_predictions,
     write_report,
 )
-from adapt.score.plan import ScorePlan, make_plan, validation_folds, validation_layout
+from adapt.score.plan import (
+    ScorePlan,
+    make_plan,
+    sampled_tasks,
+    validation_folds,
+    validation_layout,
+)
 from adapt.score.report.markdown import headline
 from adapt.score.report.schema import SCHEMA_VERSION
 from adapt.score.summary import summarise
@@ -99,6 +107,28 @@ def _progress() -> Callable[[int, int], None]:
     return progress
 
 
+def _read_sampled(config: Config, store: Storage) -> tuple[Embeddings, list, dict]:
+    """The rows the tasks' samples use, read from the output; and those tasks over them.
+
+    Ids and labels of every row come first (no embeddings), the samples are drawn from them, and
+    only the sampled rows' embeddings are then read: at a million rows and a 1,000-row cap the
+    driver holds the labels of every row and the vectors of a thousand.
+    """
+    index = load_embeddings(store, config.output, features=False)
+    inputs = input_fingerprint(store, config.output, index, from_output=True)
+    tasks = sampled_tasks(config, index)
+    used = np.unique(np.concatenate([t.rows for t in tasks]))
+    if len(used) == len(index):
+        return load_embeddings(store, config.output), tasks, inputs
+    emb = load_embeddings(store, config.output, ids=index.ids[used])
+    if not np.array_equal(emb.ids, index.ids[used]):
+        raise RuntimeError("the embeddings changed while the score stage read them")
+    emb.manifest = index.manifest
+    at = np.full(len(index), -1, dtype=np.int64)
+    at[used] = np.arange(len(used))
+    return emb, [replace(t, rows=at[t.rows]) for t in tasks], inputs
+
+
 def run_score(
     config: Config, store: Storage | None = None, embeddings: Embeddings | None = None
 ) -> ScoreResult:
@@ -108,10 +138,13 @@ def run_score(
     sc = config.score
     _check_classifier_params(sc)
     store.check_writable(config.output)
-    emb = embeddings if embeddings is not None else load_embeddings(store, config.output)
-    inputs = input_fingerprint(store, config.output, emb, from_output=embeddings is None)
+    if embeddings is not None:
+        emb, tasks = embeddings, None
+        inputs = input_fingerprint(store, config.output, emb, from_output=False)
+    else:
+        emb, tasks, inputs = _read_sampled(config, store)
     head_arrays, heads_meta = load_heads(store, sc.heads, emb.features) if sc.heads else ({}, [])
-    plan = make_plan(config, emb, head_arrays)
+    plan = make_plan(config, emb, head_arrays, tasks)
     run_id = sc.run_id or new_run_id()
     log.info(
         "score: %d tasks x %d representations x %d classifiers, %d folds: %d cells",
