@@ -96,7 +96,8 @@ def test_two_nights_incremental_then_failure_and_lease(
     second = run_nightly(cfg, store)
     assert second.embedded_now == 7  # 6 new rows + 1 changed row, nothing else
     assert second.input_rows == 86
-    assert second.health["modalities"]["text"]["unchanged_rows"] == 79
+    # Drift is checked on the rows of the shards the night redid: 39 of part-001's 40 are the same.
+    assert second.health["modalities"]["text"]["unchanged_rows"] == 39
     assert second.decision["champion"] is not None and "challenger" in second.decision
     assert second.version == first.version
     card = load_head(second.decision["head"], store).card

@@ -101,13 +101,21 @@ def main(config: Config) -> ExtractResult:
     return run_extract(config)
 
 
-def run_extract(config: Config, store: Storage | None = None) -> ExtractResult:
-    """Run the extract stage on the Ray cluster this process is connected to (or a local one)."""
+def run_extract(
+    config: Config, store: Storage | None = None, shards: list[readers.Shard] | None = None
+) -> ExtractResult:
+    """Run the extract stage on the Ray cluster this process is connected to (or a local one).
+
+    `shards`: the corpus as a caller listed it moments ago (the nightly job's survey), instead of
+    listing it again. The commit records are read again here in any case, under the lease: what
+    was committed before the lease was taken may have changed by then.
+    """
     t0 = time.perf_counter()
     store = store or Storage(config.storage)
     ext = config.extract
     store.check_writable(config.output)
-    shards = readers.list_shards(store, config.corpus, ext.format, ext.manifest)
+    if shards is None:
+        shards = readers.list_shards(store, config.corpus, ext.format, ext.manifest)
     encoders_id = encoders_fingerprint_id(config)
     check_same_encoders(store, config.output, encoders_id)
     # One writer per output: a second run (a manual one over a nightly, say) stops here and

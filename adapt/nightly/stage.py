@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from adapt import layout, schema
+from adapt import layout
 from adapt.config import Config, ScoreTask
 from adapt.embeddings import Embeddings, load_embeddings, read_manifest
 from adapt.extract import readers
@@ -63,10 +63,9 @@ def compare_on_holdout(
     """Per task: the metric averaged over classifiers, fitted on projected non-held-out rows and
     scored on held-out rows. `project(emb) -> [rows, d]` applies a head to these embeddings.
     With `max_rows`, each side is a stratified sample of at most that many rows, by id hash."""
-    x = project(emb)
     held = fixed_holdout_mask(emb.ids, fraction)
     ids = np.asarray(emb.ids, dtype=object)
-    out = {}
+    chosen = []
     for spec in tasks:
         task = build_task(spec, emb.columns, 2)
         rows = task.rows
@@ -77,9 +76,18 @@ def compare_on_holdout(
                 p[sample_mask(task.y[p], task.task_type, max_rows, seed, ids[rows[p]], 2)]
                 for p in (pos_train, pos_test)
             )
-        train, test = rows[pos_train], rows[pos_test]
-        if len(test) == 0 or len(train) == 0:
+        if len(pos_test) == 0 or len(pos_train) == 0:
             raise ValueError(f"task {spec.task_name}: no held-out or no training rows")
+        chosen.append((spec, task, pos_train, pos_test))
+    # Only the sampled rows are projected: at a million rows the whole projection would be the
+    # largest array the driver holds.
+    used = np.unique(np.concatenate([t.rows[p] for _, t, a, b in chosen for p in (a, b)]))
+    x = project(emb.subset(used))
+    at = np.full(len(emb), -1, dtype=np.int64)  # row of emb -> row of x
+    at[used] = np.arange(len(used))
+    out = {}
+    for spec, task, pos_train, pos_test in chosen:
+        train, test = at[task.rows[pos_train]], at[task.rows[pos_test]]
         values = []
         for clf in classifiers:
             cell = score_cell(
@@ -293,7 +301,12 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
         t = time.perf_counter()
         previous = None
         try:
-            previous = load_embeddings(store, root)
+            # Last night's rows of the shards tonight redoes: the only rows that can move (the
+            # other shards' files stay as they are). At a million rows, reading every row here
+            # doubled the driver's memory and took 10 s of a 1%-new night.
+            redo = sorted(todo.previous.values())
+            if redo:
+                previous = load_embeddings(store, root, files=redo)
         except FileNotFoundError as e:  # EmbeddingsError included
             # No manifest: the first night of this encoder version, nothing to compare with.
             # A manifest whose files are gone or changed: tonight's extract restores them, and
@@ -302,7 +315,7 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
                 log.warning(
                     "nightly: last night's embeddings are incomplete (%s); drift not checked", e
                 )
-        extracted = run_extract(vconfig, store)
+        extracted = run_extract(vconfig, store, shards=todo.shards)
         stage_s["extract"] = time.perf_counter() - t
         # What tonight decides on: the commits as the extract left them.
         committed = {r["shard"]: r for r in read_manifest(store, root).get("shards", [])}
@@ -317,16 +330,9 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
 
         stage = "train"
         t = time.perf_counter()
-        held = fixed_holdout_mask(emb.ids, nc.holdout_fraction)
-        # The night's rows: not held out for the comparison, and not in a split the head must
-        # never train on (given ids replace train.exclude_splits in the plan).
-        trains = ~held
-        if schema.SPLIT in emb.columns:
-            trains &= ~np.isin(
-                np.array(emb.columns[schema.SPLIT], dtype=object).astype(str),
-                list(config.train.exclude_splits),
-            )
-        trained = run_train(vconfig, store, train_ids=emb.ids[trains].astype(str).tolist())
+        # The night's rows: every row the train settings allow (train.exclude_splits), less
+        # those held out for the comparison; workers find them from each row's id and split.
+        trained = run_train(vconfig, store, fixed_holdout=nc.holdout_fraction)
         stage_s["train"] = time.perf_counter() - t
         lease.renew()
 
@@ -360,7 +366,7 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
             rows={
                 "input": extracted.input_rows,
                 "embedded_now": extracted.embedded_now,
-                "holdout": int(held.sum()),
+                "holdout": int(fixed_holdout_mask(emb.ids, nc.holdout_fraction).sum()),
             },
             previous_champion=champion and champion.get("head"),
             stage_s=stage_s,
