@@ -584,8 +584,9 @@ class TrainConfig(Strict):
 SCORE_FAMILIES = ("raw", "pca", "projected")
 # score.max_rows: rows per task the default protocol scores (5 folds, 7 classifiers, 3 validation
 # folds; in-fold heads included). On the demo corpus it took 37 minutes on 2 CPUs on all 1,906 rows
-# (xgboost with 100 rounds: 63% of the cell time, the forest 28%) and 27 minutes on this sample
-# with 50 rounds (more inner validation splits on fewer rows): over the 15 minutes aimed at.
+# (xgboost with 100 rounds: 63% of the cell time, the forest 28%), 27 minutes on this sample
+# with 50 rounds (more inner validation splits on fewer rows) and 21 minutes with 64 histogram
+# bins: over the 15 minutes aimed at.
 DEFAULT_SCORE_MAX_ROWS = 1000
 PROJECTED_MODES = ("single", "per_modality")
 
@@ -731,7 +732,7 @@ class ScoreConfig(Strict):
         description="Per task, score a stratified sample of at most this many rows (chosen by id "
         "hash, so the same rows every run): the classifier cells and the in-fold heads use only "
         "them, and the report says so. With it the full protocol (5 folds, 7 classifiers, "
-        "validation splits) took 27 minutes on 2 CPUs on the demo corpus; raise it on a cluster "
+        "validation splits) took 21 minutes on 2 CPUs on the demo corpus; raise it on a cluster "
         "(intervals narrow as 1/sqrt(rows)). The train stage's head always trains on every row. "
         "None: every row.",
     )
