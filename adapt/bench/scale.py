@@ -238,7 +238,10 @@ def run_size(n: int, work: str, reuse_corpus: bool = False) -> dict:
         for name in os.listdir(work):
             if name != "corpus":
                 path = os.path.join(work, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
     else:
         shutil.rmtree(work, ignore_errors=True)
     os.makedirs(root)
