@@ -486,6 +486,15 @@ class TrainConfig(Strict):
         "1 where the workers leave a CPU free (one-CPU tasks read about twice as fast: fewer "
         "processes to start), else 0.25, since a read task that cannot be scheduled hangs the run.",
     )
+    max_rows_in_memory: int | None = Field(
+        250_000,
+        ge=10,
+        description="Rows a Train worker holds in memory. A worker whose share (training rows "
+        "over num_workers) is larger writes its rows to local disk (under TMPDIR) in buckets "
+        "by id hash as Ray Data streams them in, and each epoch loads one bucket at a time: "
+        "its batches then mix rows of one bucket of at most about this many rows, not of the "
+        "whole share. None: always in memory. A local fit (train.local) holds every row.",
+    )
     gather_negatives: bool = Field(
         True,
         description="Gather projections from every worker so each loss sees the global batch "

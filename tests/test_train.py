@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -162,6 +163,56 @@ def test_workers_find_the_planned_rows_from_the_rule_alone(tmp_path):
     assert y.shape == (300, 5) and int(is_val.sum()) == len(plan.val_ids) == 60
 
 
+def test_a_share_over_the_memory_bound_is_spilled_and_read_back_one_bucket_at_a_time(tmp_path):
+    """A worker whose share exceeds train.max_rows_in_memory writes its rows to local disk in
+    buckets by id hash: the same training and validation rows as in memory, the same input
+    moments, no bucket over the bound, every training row drawn once an epoch (or exactly
+    n_steps batches), the same batches again for the same seed."""
+    from adapt.train.fit import InputNorm
+    from adapt.train.spill import SpilledSplit, remove_worker_folder, worker_folder
+    from adapt.train.workers import _materialize, _spill
+
+    store = Storage()
+    out = str(tmp_path / "run")
+    write_task(store, out, n=900)
+    plan = plan_run(make_config(out), store)
+    columns = [schema.ID, plan.label_column, schema.SPLIT]
+    columns += [schema.embedding_column(m) for m in plan.modalities]
+    x, y, is_val = _materialize(FileBlocks(store, plan, columns), plan.for_workers())
+    bound = 100
+    folder = worker_folder("spill-test", 0)
+    train, val, moments = _spill(
+        FileBlocks(store, plan, columns),
+        plan.for_workers(),
+        folder,
+        bound,
+        (len(plan.train_ids), len(plan.val_ids)),
+    )
+    assert (len(train), len(val)) == (len(plan.train_ids), len(plan.val_ids))
+    assert train.n_buckets == 7 and max(train.counts) <= bound  # 504 rows, buckets of ~75
+    norm = InputNorm.from_moments("standardize", moments)
+    want = InputNorm.fit("standardize", {m: v[~is_val] for m, v in x.items()})
+    for m in plan.modalities:
+        np.testing.assert_allclose(norm.shift[m], want.shift[m], rtol=1e-6, atol=1e-6)
+    side = SpilledSplit(train, norm)
+
+    # Each row is identified by its first text input (continuous values, distinct).
+    def seen(batches):
+        return [float(v) for bx, _ in batches for v in bx["text"][:, 0]]
+
+    expect = np.sort(norm.apply({"text": torch.from_numpy(x["text"][~is_val])})["text"][:, 0])
+    epoch = seen(side.batches(32, "shuffle", seed=3))
+    np.testing.assert_allclose(np.sort(epoch), expect, rtol=1e-5)
+    assert epoch == seen(side.batches(32, "shuffle", seed=3))
+    assert epoch != seen(side.batches(32, "shuffle", seed=4))
+    assert len(list(side.batches(32, "balanced", seed=0, n_steps=40))) == 40
+    val_side = SpilledSplit(val, norm)
+    assert sum(len(b) for _, b in val_side.in_order(50)) == len(plan.val_ids)
+    assert len(val_side.first(30)[1]) == 30
+    remove_worker_folder(folder)
+    assert not os.path.exists(os.path.dirname(folder))
+
+
 def test_local_run_round_trip_and_rerun(tmp_path):
     store = Storage()
     out = str(tmp_path / "run")
@@ -279,7 +330,9 @@ def run_job(command: list[str], env: dict, timeout: int = 240) -> str:
 
 
 def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
-    """Two DDP workers on fractional CPUs, reading embeddings from and writing the head to S3."""
+    """Two DDP workers on fractional CPUs, reading embeddings from and writing the head to S3;
+    each worker's share is over train.max_rows_in_memory, so its rows go to its local disk and
+    come back one bucket at a time, and the head still learns."""
     store = Storage()
     out = f"{s3_bucket}/run"
     write_task(store, out, n=600)
@@ -294,6 +347,7 @@ def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
                 num_cpus_per_worker=0.5,
                 epochs=12,
                 checkpoint_every_epochs=4,
+                max_rows_in_memory=60,
             ),
             "storage": {"endpoint_url": moto_server},
         },
@@ -303,6 +357,7 @@ def test_two_workers_on_s3(ray_local, s3_bucket, moto_server, tmp_path):
     assert f"head: {head}" in stdout and "ray (2 workers)" in stdout
     card = store.read_json(join(head, CARD_FILE))
     assert card["n_train"] + card["n_val"] == 420 and card["resumed_from"] == []
+    assert card["data"]["rows_on_disk"] is True
     assert card["timings"]["startup_s"] > 0
     pointer = store.read_json(layout.checkpoint_pointer(layout.checkpoints_dir(out, "two-workers")))
     assert pointer["epoch"] == card["epochs_run"]  # the final checkpoint
@@ -403,6 +458,7 @@ def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local,
             num_workers=1,
             num_cpus_per_worker=0.5,
             max_failures=1,
+            max_rows_in_memory=200,  # the worker's rows on its local disk
         ),
     )
     pointer = Path(layout.checkpoint_pointer(layout.checkpoints_dir(out, run_id)))
@@ -447,4 +503,6 @@ def test_killed_job_and_killed_worker_resume_from_the_last_checkpoint(ray_local,
     first, second = card["resumed_from"]
     assert killed_at <= first < worker_killed_at <= second < epochs
     assert [h["epoch"] for h in card["history"]] == list(range(1, epochs + 1))
-    assert card["epochs_run"] == epochs
+    assert card["epochs_run"] == epochs and card["data"]["rows_on_disk"] is True
+    # The killed workers' row folders went with the workers that replaced them.
+    assert not (Path(tempfile.gettempdir()) / "adapt-train-rows" / run_id).exists()

@@ -22,9 +22,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -231,6 +231,26 @@ class TrainState:
         return cls(**data, best_state=best_state)
 
 
+class Side(Protocol):
+    """What the epoch loop needs of the training or validation rows: a `Split` in memory, or a
+    `spill.SpilledSplit` read back from a worker's local disk."""
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self,
+        batch_size: int,
+        sampler: str,
+        seed: int,
+        n_steps: int | None = None,
+        classes_per_batch: int | None = None,
+    ) -> Iterator[tuple[dict[str, Tensor], Tensor]]: ...
+
+    def in_order(self, batch_size: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]: ...
+
+    def first(self, n: int) -> tuple[dict[str, Tensor], Tensor]: ...
+
+
 @dataclass
 class Split:
     """Rows of one side (train or validation) as tensors: inputs per modality and labels."""
@@ -244,6 +264,29 @@ class Split:
     def rows(self, index: np.ndarray) -> tuple[dict[str, Tensor], Tensor]:
         idx = torch.from_numpy(np.asarray(index, dtype=np.int64))
         return {m: x.index_select(0, idx) for m, x in self.x.items()}, self.y.index_select(0, idx)
+
+    def batches(
+        self,
+        batch_size: int,
+        sampler: str,
+        seed: int,
+        n_steps: int | None = None,
+        classes_per_batch: int | None = None,
+    ) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """One epoch of training batches (`epoch_batches` over all the rows)."""
+        for index in epoch_batches(
+            self.y.numpy(), batch_size, sampler, seed, n_steps, classes_per_batch
+        ):
+            yield self.rows(index)
+
+    def in_order(self, batch_size: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """The rows in their order, in batches of `batch_size` (validation)."""
+        n = len(self)
+        for lo in range(0, n, batch_size):
+            yield self.rows(np.arange(lo, min(n, lo + batch_size)))
+
+    def first(self, n: int) -> tuple[dict[str, Tensor], Tensor]:
+        return self.rows(np.arange(min(n, len(self))))
 
 
 def make_split(inputs: dict[str, np.ndarray], y: np.ndarray, norm: InputNorm) -> Split:
@@ -263,7 +306,7 @@ def make_optimizer(head: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _evaluate(
-    model: nn.Module, head: MultiHead, val: Split, cfg: TrainConfig, collective: Any
+    model: nn.Module, head: MultiHead, val: Side, cfg: TrainConfig, collective: Any
 ) -> dict:
     """Validation loss in fixed batches (all workers together) and a local pair AUC."""
     totals = np.zeros(3)  # loss sum, batches, skipped
@@ -271,16 +314,14 @@ def _evaluate(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        n = len(val)
         # Validation rows are in hold-out-key order, which is random with respect to class.
-        for lo in range(0, n, cfg.batch_size):
-            x, y = val.rows(np.arange(lo, min(n, lo + cfg.batch_size)))
+        for x, y in val.in_order(cfg.batch_size):
             try:
                 totals += [float(batch_loss(head.forward_parts(x), y, cfg)), 1, 0]
             except NoPositivePairError:
                 totals += [0, 0, 1]
-        if n:
-            x, y = val.rows(np.arange(min(n, PAIR_AUC_ROWS)))
+        if len(val):
+            x, y = val.first(PAIR_AUC_ROWS)
             auc = pair_auc(head(x).cpu().numpy(), y.numpy())
     model.train(was_training)
     totals = collective.sum(totals)
@@ -297,8 +338,8 @@ def train_epochs(
     model: nn.Module,
     head: MultiHead,
     optimizer: torch.optim.Optimizer,
-    train: Split,
-    val: Split | None,
+    train: Side,
+    val: Side | None,
     cfg: TrainConfig,
     state: TrainState,
     seed: int,
@@ -330,24 +371,22 @@ def train_epochs(
         t0 = time.perf_counter()
         # Per epoch (and worker) seeds: a resumed run draws the same batches and dropout masks.
         torch.manual_seed(seed * 100_003 + epoch * 1009 + collective.rank)
-        batches = epoch_batches(
-            train.y.numpy(),
+        batches = train.batches(
             local_batch,
             cfg.sampler,
             seed * 100_003 + epoch * 1009 + collective.rank,
             n_steps=n_steps,
             classes_per_batch=cfg.classes_per_batch,
         )
-        loss_sum, steps, skipped = 0.0, 0, 0
-        for index in batches:
-            loss, valid, stepped = _step(
-                model, optimizer, *train.rows(index), cfg, collective, gather
-            )
+        loss_sum, steps, skipped, n_batches = 0.0, 0, 0, 0
+        for x, y in batches:
+            loss, valid, stepped = _step(model, optimizer, x, y, cfg, collective, gather)
             if stepped and state.first_step_at is None:
                 state.first_step_at = time.time()
             loss_sum += loss
             steps += valid
             skipped += 1 - valid
+            n_batches += 1
         totals = collective.sum([loss_sum, steps, skipped])
         if totals[1] == 0:
             raise RuntimeError(
@@ -357,7 +396,7 @@ def train_epochs(
         record = {
             "epoch": epoch,
             "train_loss": float(totals[0] / totals[1]),
-            "steps": len(batches),
+            "steps": n_batches,
             # Batches without a positive pair, over all workers; a gathered global batch is one.
             "skipped_batches": int(totals[2]) // (world if gather else 1),
         }

@@ -224,6 +224,7 @@ def run_train(
     else:
         fit, timings = _fit_ray(config, store, plan)
         mode = f"ray ({cfg.num_workers} worker{'s' if cfg.num_workers > 1 else ''})"
+    rows_on_disk = timings.pop("rows_on_disk", False)
     state = fit.state or TrainState()
     startup = state.first_step_at - wall0 if state.first_step_at else None
     timings = {**timings, "startup_s": startup, "wall_s": time.perf_counter() - t0}
@@ -247,6 +248,9 @@ def run_train(
             "ids_uri": cfg.ids_uri,
             "given_ids": train_ids is not None,
             "fixed_holdout": fixed_holdout,
+            # Whether the Train workers' rows were read back from their local disks
+            # (train.max_rows_in_memory) instead of held in memory.
+            "rows_on_disk": rows_on_disk,
         },
         "mode": mode,
         "resumed_from": state.resumed_from,

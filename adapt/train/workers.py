@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -21,13 +22,15 @@ from adapt.config import Config, TrainConfig
 from adapt.embeddings import fixed_size_to_numpy
 from adapt.labels import encode_with_classes
 from adapt.rayutil import init_ray
-from adapt.splits import val_order
+from adapt.splits import row_keys, val_order
 from adapt.storage import Storage
 from adapt.train.fit import (
     FitResult,
     InputNorm,
     LocalCollective,
     PartsModel,
+    Side,
+    Split,
     TorchCollective,
     TrainState,
     init_skip,
@@ -47,20 +50,28 @@ from adapt.train.io import (
 )
 from adapt.train.plan import TrainPlan
 from adapt.train.search import Runner, Trial, TrialData, run_trial
+from adapt.train.spill import (
+    KEY_SALT,
+    PENDING_FILL,
+    RowSpill,
+    SpilledSplit,
+    bucket_count,
+    remove_worker_folder,
+    worker_folder,
+)
 
 log = logging.getLogger("adapt.train")
 
 
-def _materialize(shard, plan: TrainPlan) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """A worker's share of the rows as arrays, sorted by id (the order then does not depend on how
-    Ray Data delivered the blocks): features, labels, and which rows are validation rows.
+def _chosen_blocks(shard, plan: TrainPlan) -> Iterator[pa.Table]:
+    """The worker's rows, block by block as Ray Data delivers them, less the rows the plan does
+    not train on.
 
-    Which rows train and which validate is decided here, block by block, from each row's id,
-    label and split by the plan's rule (`RowRule`): the same rows the driver planned, without a
-    list of ids shipped to every worker. Rows missing a modality are dropped too.
+    Which rows train and which validate is decided here from each row's id, label and split by
+    the plan's rule (`RowRule`): the same rows the driver planned, without a list of ids shipped
+    to every worker. Rows missing a modality are dropped too.
     """
     rule = plan.rule
-    tables = []
     for t in shard.iter_batches(batch_size=None, batch_format="pyarrow"):
         keep = t.column(plan.label_column).is_valid()
         for m in plan.modalities:
@@ -72,7 +83,13 @@ def _materialize(shard, plan: TrainPlan) -> tuple[dict[str, np.ndarray], np.ndar
         splits = t.column(schema.SPLIT).to_pylist() if schema.SPLIT in t.column_names else None
         t = t.filter(pa.array(rule.selected(ids, splits)))
         if t.num_rows:
-            tables.append(t)
+            yield t
+
+
+def _materialize(shard, plan: TrainPlan) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """A worker's share of the rows as arrays, sorted by id (the order then does not depend on how
+    Ray Data delivered the blocks): features, labels, and which rows are validation rows."""
+    tables = list(_chosen_blocks(shard, plan))
     if not tables:
         x = {m: np.zeros((0, d), dtype=np.float32) for m, d in plan.in_dims.items()}
         return x, encode_with_classes([], plan.task_type, plan.classes), np.zeros(0, dtype=bool)
@@ -85,15 +102,42 @@ def _materialize(shard, plan: TrainPlan) -> tuple[dict[str, np.ndarray], np.ndar
     }
     labels = table.column(plan.label_column).to_pylist()
     y = encode_with_classes([labels[i] for i in order], plan.task_type, plan.classes)
-    return x, y, rule.validation(ids[order], y)
+    return x, y, plan.rule.validation(ids[order], y)
 
 
-def _shared_norm(kind: str, train_x: dict[str, np.ndarray], collective) -> InputNorm:
-    """Input statistics over all workers' training rows: their sums add up across shards."""
+def _spill(
+    shard, plan: TrainPlan, folder: str, max_rows: int, shares: tuple[float, float]
+) -> tuple[RowSpill, RowSpill, dict[str, np.ndarray]]:
+    """A worker's share written to local disk as it streams in (`adapt.train.spill`): the
+    training and the validation rows, each in buckets of at most about `max_rows` rows for the
+    expected `shares` (rows per worker), and the training rows' input moments."""
+    flush = int(PENDING_FILL * max_rows)
+    train = RowSpill(os.path.join(folder, "train"), bucket_count(shares[0], max_rows), flush)
+    val = RowSpill(os.path.join(folder, "val"), bucket_count(shares[1], max_rows), flush)
+    moments = {m: np.zeros((3, d)) for m, d in plan.in_dims.items()}
+    for t in _chosen_blocks(shard, plan):
+        ids = t.column(schema.ID).to_numpy(zero_copy_only=False).astype(str)
+        x = {m: fixed_size_to_numpy(t.column(schema.embedding_column(m))) for m in plan.modalities}
+        y = encode_with_classes(
+            t.column(plan.label_column).to_pylist(), plan.task_type, plan.classes
+        )
+        is_val = plan.rule.validation(ids, y)
+        keys = row_keys(ids, plan.rule.seed + KEY_SALT)
+        for side, rows in ((train, ~is_val), (val, is_val)):
+            side.add(keys[rows], {m: v[rows] for m, v in x.items()}, y[rows])
+        for m, part in InputNorm.moments({m: v[~is_val] for m, v in x.items()}).items():
+            moments[m] += part
+    train.finish()
+    val.finish()
+    return train, val, moments
+
+
+def _shared_norm(kind: str, local: dict[str, np.ndarray], collective) -> InputNorm:
+    """Input statistics over all workers' training rows from each worker's moments
+    (`InputNorm.moments`): their sums add up across shards."""
     if kind != "standardize":
         return InputNorm.from_moments(kind, {})
-    names = sorted(train_x)
-    local = InputNorm.moments(train_x)
+    names = sorted(local)
     flat = collective.sum(np.concatenate([local[m].ravel() for m in names]))
     moments, at = {}, 0
     for m in names:
@@ -101,6 +145,49 @@ def _shared_norm(kind: str, train_x: dict[str, np.ndarray], collective) -> Input
         moments[m] = flat[at : at + size].reshape(local[m].shape)
         at += size
     return InputNorm.from_moments(kind, moments)
+
+
+def _skip_moments(side: Split | SpilledSplit, modalities: list[str]) -> np.ndarray:
+    if isinstance(side, SpilledSplit):
+        return sum(skip_moments(side.bucket(b).x, modalities) for b in side.buckets())
+    return skip_moments(side.x, modalities)
+
+
+def _load_share(
+    shard, plan: TrainPlan, cfg: TrainConfig, shares: tuple[float, float], folder: str
+) -> tuple[Callable[[InputNorm], tuple[Split | SpilledSplit, Split | SpilledSplit]], list, dict]:
+    """Read the worker's share: in memory, or spilled to `folder` when the expected training
+    share exceeds `train.max_rows_in_memory`. Returns a function that builds the two sides
+    once the normalisation is known, the local (train, validation) row counts and the local
+    input moments of the training rows."""
+    if cfg.max_rows_in_memory is not None and shares[0] > cfg.max_rows_in_memory:
+        train, val, moments = _spill(shard, plan, folder, cfg.max_rows_in_memory, shares)
+        log.info(
+            "train: worker share spilled to local disk: %d training rows in %d buckets, "
+            "%d validation rows in %d, %.1f MB",
+            len(train),
+            train.n_buckets,
+            len(val),
+            val.n_buckets,
+            (train.bytes_written + val.bytes_written) / 1e6,
+        )
+        return (
+            lambda norm: (SpilledSplit(train, norm), SpilledSplit(val, norm)),
+            [len(train), len(val)],
+            moments,
+        )
+    # One dataset holds both sides: the validation rows are picked out here, by the plan's rule.
+    x, y, is_val = _materialize(shard, plan)
+    train_x, train_y = {m: v[~is_val] for m, v in x.items()}, y[~is_val]
+    order = val_order(int(is_val.sum()), cfg.seed)
+    val_x, val_y = {m: v[is_val][order] for m, v in x.items()}, y[is_val][order]
+    del x
+    moments = InputNorm.moments(train_x) if cfg.input_norm == "standardize" else {}
+    return (
+        lambda norm: (make_split(train_x, train_y, norm), make_split(val_x, val_y, norm)),
+        [len(train_y), len(val_y)],
+        moments,
+    )
 
 
 def train_loop_per_worker(loop: dict) -> None:
@@ -112,7 +199,6 @@ def train_loop_per_worker(loop: dict) -> None:
     started_at = time.time()
     cfg: TrainConfig = loop["cfg"]
     plan: TrainPlan = loop["plan"]
-    store: Storage = loop["store"]
     torch.set_num_threads(loop["threads"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -121,29 +207,55 @@ def train_loop_per_worker(loop: dict) -> None:
         TorchCollective(device if cfg.use_gpu else "cpu") if world > 1 else LocalCollective()
     )
 
-    # One dataset holds both sides: the validation rows are picked out here, by the plan's rule.
-    x, y, is_val = _materialize(ray.train.get_dataset_shard("train"), plan)
-    train_x, train_y = {m: v[~is_val] for m, v in x.items()}, y[~is_val]
-    order = val_order(int(is_val.sum()), cfg.seed)
-    val_x, val_y = {m: v[is_val][order] for m, v in x.items()}, y[is_val][order]
-    del x
-    data_ready_at = time.time()
-    counts = collective.sum([len(train_y), len(val_y)])
-    # Every worker must take part in every collective: decide together, fail together.
-    if -collective.max(-len(train_y)) == 0:
-        raise ValueError(
-            f"a Train worker received no training rows ({int(counts[0])} rows over {world} "
-            "workers): use fewer train.num_workers for this little data, or train.local: true"
+    folder = worker_folder(plan.run_id, rank)
+    try:
+        shares = (loop["n_train"] / world, loop["n_val"] / world)
+        sides, local, moments = _load_share(
+            ray.train.get_dataset_shard("train"), plan, cfg, shares, folder
         )
+        data_ready_at = time.time()
+        counts = collective.sum(local)
+        # Every worker must take part in every collective: decide together, fail together.
+        if -collective.max(-local[0]) == 0:
+            raise ValueError(
+                f"a Train worker received no training rows ({int(counts[0])} rows over {world} "
+                "workers): use fewer train.num_workers for this little data, or train.local: true"
+            )
+        norm = _shared_norm(cfg.input_norm, moments, collective)
+        train, val = sides(norm)
+        extra = {
+            "n_train": int(counts[0]),
+            "n_val": int(counts[1]),
+            "worker_started_at": started_at,
+            "data_ready_at": data_ready_at,
+            "spilled": isinstance(train, SpilledSplit),
+        }
+        _fit_worker(loop, rank, collective, train, val if loop["n_val"] else None, norm, extra)
+    finally:
+        remove_worker_folder(folder)
 
-    norm = _shared_norm(cfg.input_norm, train_x, collective)
-    train = make_split(train_x, train_y, norm)
-    val = make_split(val_x, val_y, norm) if loop["n_val"] else None
 
+def _fit_worker(
+    loop: dict,
+    rank: int,
+    collective: TorchCollective | LocalCollective,
+    train: Side,
+    val: Side | None,
+    norm: InputNorm,
+    extra: dict,
+) -> None:
+    """The epochs of one Ray Train worker on its rows, from the last checkpoint if any."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    cfg: TrainConfig = loop["cfg"]
+    plan: TrainPlan = loop["plan"]
+    store: Storage = loop["store"]
     torch.manual_seed(cfg.seed)
     head = make_head(cfg, plan.in_dims)
     if head.skip_dim:  # the skip branch's principal components, over all workers' training rows
-        init_skip(head, collective.sum(skip_moments(train.x, head.modalities)))
+        init_skip(head, collective.sum(_skip_moments(train, head.modalities)))
     root = layout.checkpoints_dir(plan.output, plan.run_id)
     # Rank 0 reads the pointer and every rank resumes from the epoch it names: ranks that each
     # read it could see two different checkpoints.
@@ -157,12 +269,6 @@ def train_loop_per_worker(loop: dict) -> None:
         state, _, _ = load_checkpoint_bytes(data, head, optimizer)
         state.resumed_from.append(state.epoch)
         state.first_step_at = None  # start-up is measured per attempt
-    extra = {
-        "n_train": int(counts[0]),
-        "n_val": int(counts[1]),
-        "worker_started_at": started_at,
-        "data_ready_at": data_ready_at,
-    }
 
     def on_epoch_end(s: TrainState) -> None:
         # No ray.train.report here: each report waits for the controller to collect the previous
@@ -251,6 +357,7 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
         train_loop_config={
             "cfg": cfg,
             "plan": plan.for_workers(),
+            "n_train": len(plan.train_ids),
             "n_val": len(plan.val_ids),
             "store": store,
             "threads": threads,
@@ -270,8 +377,6 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
     try:
         trainer.fit()
     finally:
-        import shutil
-
         shutil.rmtree(ray_dir, ignore_errors=True)
     t_done = time.perf_counter()
 
@@ -285,6 +390,7 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
         "worker_start_s": extra["worker_started_at"] - fit_wall,
         "data_ready_s": extra["data_ready_at"] - fit_wall,
     }
+    timings["rows_on_disk"] = bool(extra.get("spilled"))
     if state.first_step_at:
         timings["first_step_s"] = state.first_step_at - fit_wall
         timings["loop_s"] = extra["loop_done_at"] - state.first_step_at
