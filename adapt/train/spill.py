@@ -133,17 +133,24 @@ class RowSpill:
         self._flush()
 
     def load(self, b: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """Bucket b: keys, inputs per modality and labels, sorted by key."""
-        parts = []
-        for path in self.parts[b]:
-            with np.load(path) as data:
-                parts.append({k: data[k] for k in data.files})
-        if not parts:
+        """Bucket b: keys, inputs per modality and labels, sorted by key. Arrays are read one
+        name at a time, so that at most one array's parts and its sorted copy are held twice."""
+        if not self.parts[b]:
             raise ValueError(f"bucket {b} holds no rows")
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        order = np.argsort(merged["keys"], kind="stable")
-        x = {k[2:]: v[order] for k, v in merged.items() if k.startswith("x_")}
-        return merged["keys"][order], x, merged["y"][order]
+
+        def read(name: str) -> np.ndarray:
+            chunks = []
+            for path in self.parts[b]:
+                with np.load(path) as data:
+                    chunks.append(data[name])
+            return np.concatenate(chunks)
+
+        with np.load(self.parts[b][0]) as data:
+            names = list(data.files)
+        keys = read("keys")
+        order = np.argsort(keys, kind="stable")
+        x = {n[2:]: read(n)[order] for n in names if n.startswith("x_")}
+        return keys[order], x, read("y")[order]
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -165,10 +172,16 @@ class SpilledSplit:
 
     def bucket(self, b: int):
         """Bucket b as an in-memory `fit.Split`, normalised."""
-        from adapt.train.fit import make_split
+        import torch
+
+        from adapt.train.fit import Split
 
         _, x, y = self.spill.load(b)
-        return make_split(x, y, self.norm)
+        with torch.no_grad():
+            for m in list(x):  # one modality at a time: its raw copy goes as its scaled one comes
+                raw = torch.from_numpy(np.ascontiguousarray(x[m], dtype=np.float32))
+                x[m] = self.norm.apply({m: raw})[m].contiguous()
+        return Split(x, torch.from_numpy(y))
 
     def batches(
         self,
@@ -190,6 +203,7 @@ class SpilledSplit:
             for b in rng.permutation(self.spill.n_buckets):
                 if not self.spill.counts[b]:
                     continue
+                part = None  # the previous bucket goes before the next one comes
                 part = self.bucket(int(b))
                 draws = epoch_batches(
                     part.y.numpy(),
@@ -208,6 +222,7 @@ class SpilledSplit:
 
     def in_order(self, batch_size: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
         for b in self.buckets():
+            part = None
             part = self.bucket(b)
             yield from part.in_order(batch_size)
 
