@@ -680,7 +680,10 @@ class ScoreConfig(Strict):
         "have been trained on rows that are test rows here, which the report says.",
     )
     classifiers: list[str] = Field(
-        list(classifiers.NAMES), min_length=1, description="Downstream classifiers to fit."
+        list(classifiers.DEFAULT),
+        min_length=1,
+        description="Downstream classifiers to fit. The tuned probes (logreg_tuned, svc_tuned: C "
+        "chosen per cell by an inner 3-fold CV) are valid names, not in the default list.",
     )
     classifier_params: dict[str, dict[str, Any]] = Field(
         {}, description="Classifier -> parameters overriding its defaults, e.g. {svc: {C: 10}}."

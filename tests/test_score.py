@@ -24,7 +24,7 @@ from adapt.score.plan import make_plan, validation_splits
 from adapt.score.report.schema import validate_report
 from adapt.score.representations import RepData, build_representations, expand_representations
 from adapt.score.stage import run_score
-from adapt.score.summary import _guarded
+from adapt.score.summary import _guarded, recommend_pair
 from adapt.storage import Storage
 from adapt.train.fit import fit_head
 
@@ -84,7 +84,7 @@ def test_default_score_section():
     sc = load_config(data={"corpus": "c", "output": "o", "encoders": ENCODERS}).score
     assert [t.task_name for t in sc.tasks] == ["label"]
     assert sc.representations == ["raw", "pca", "projected"]
-    assert sc.classifiers == list(CLASSIFIERS)
+    assert sc.classifiers == [c for c in CLASSIFIERS if not c.endswith("_tuned")]
 
 
 def test_config_rejects_bad_tasks_all_at_once():
@@ -591,6 +591,31 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
                 assert gain["lo"] <= 0 and pick["best_on_validation"] != pick["representation"]
     assert report["inputs"]["manifest_sha256"] and report["inputs"]["rows"] == 480
     assert report["config"]["score"]["n_folds"] == 4
+    # One pair to deploy, picked on validation rows; on test rows, it against the best raw pair.
+    pair = report["recommendation"]["label"]["pair"]
+    val_means = {
+        (r["representation"], r["classifier"]): r["macro_f1"]
+        for r in report["validation"]
+        if r["fold"] == "mean"
+    }
+    best = max(val_means, key=lambda k: (val_means[k], k))
+    assert pair["best_on_validation"] == list(best)
+    assert pair["score"] == pytest.approx(val_means[(pair["representation"], pair["classifier"])])
+    if pair.get("kept_raw"):
+        assert pair["validation_gain_over_raw_pair"]["lo"] <= 0
+        assert pair["representation"].startswith("raw:")
+    elif not best[0].startswith("raw:"):
+        assert pair["validation_gain_over_raw_pair"]["lo"] > 0
+    verdict = report["pair_verdict"]["label"]
+    raw_pairs = {k: v for k, v in means.items() if k[0].startswith("raw:")}
+    assert verdict["baseline_pair"] == list(max(raw_pairs, key=lambda k: (raw_pairs[k], k)))
+    assert verdict["baseline_kind"] == "any classifier"  # no tuned probe in this protocol
+    assert verdict["n_rows"] == 480 and verdict["lo"] <= verdict["mean"] <= verdict["hi"]
+    # Pooled over the folds' rows, near the mean of the folds' scores.
+    pooled_base = verdict["baseline_score"]
+    assert pooled_base == pytest.approx(raw_pairs[tuple(verdict["baseline_pair"])], abs=0.02)
+    assert verdict["mean"] == pytest.approx(verdict["candidate_score"] - verdict["baseline_score"])
+    assert "**Recommended pair** to deploy: `" in md and "best raw pair" in md
 
 
 def test_failing_cells_are_reported_not_fatal(tmp_path, corpus):
@@ -645,6 +670,35 @@ def test_recommendation_keeps_raw_without_evidence_of_a_gain():
     assert _guarded({"pca:text": 0.8, "projected:single": 0.7}, gain(-1))[0] == "pca:text"
     # No validation predictions to test on: the best one, as before.
     assert _guarded(scores, lambda b, r: None)[0] == "projected:single"
+
+
+def test_recommended_pair_needs_a_clear_validation_gain_over_the_best_raw_pair():
+    table = {
+        ("raw:text", "logreg"): 0.70,
+        ("raw:text", "svc_tuned"): 0.75,
+        ("projected:single", "knn"): 0.78,
+        ("projected:single", "logreg"): None,
+    }
+    reps, clfs = ["raw:text", "projected:single"], ["logreg", "svc_tuned", "knn"]
+
+    class Pool:
+        def __init__(self, lo):
+            self.lo, self.seen = lo, []
+
+        def pair_gain(self, base, pair, sc):
+            self.seen.append((base, pair))
+            return {"mean": 0.03, "lo": self.lo, "hi": 0.06}
+
+    sc = ScoreConfig()
+    doubtful = Pool(-0.01)
+    pick = recommend_pair(table, reps, clfs, sc, doubtful)
+    assert (pick["representation"], pick["classifier"]) == ("raw:text", "svc_tuned")
+    assert pick["kept_raw"] and pick["best_on_validation"] == ["projected:single", "knn"]
+    assert doubtful.seen == [(("raw:text", "svc_tuned"), ("projected:single", "knn"))]
+    clear = recommend_pair(table, reps, clfs, sc, Pool(0.01))
+    assert (clear["representation"], clear["classifier"]) == ("projected:single", "knn")
+    assert "kept_raw" not in clear and clear["score"] == 0.78
+    assert recommend_pair({}, reps, clfs, sc, Pool(0.01)) is None
 
 
 def test_validation_splits_grow_until_enough_rows_are_held_out():

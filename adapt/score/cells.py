@@ -18,7 +18,7 @@ import sklearn
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from adapt.classifiers import approximated, default_standardize, make_classifier
+from adapt.classifiers import approximated, chosen_c, default_standardize, make_classifier
 from adapt.labels import check_task_type
 from adapt.metrics import _check_ids, metrics
 
@@ -202,6 +202,9 @@ def score_cell(
         scores = _positive_scores(estimator, X_test)
         predict_s = time.perf_counter() - start
 
+    chosen = chosen_c(estimator)
+    if chosen:
+        notes.append(chosen)
     if present is None:
         y_pred = y_pred.astype(np.int64)
     else:

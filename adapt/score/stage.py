@@ -242,6 +242,8 @@ def _report(
         "gains": summary["gains"],
         "mean_gains": summary["mean_gains"],
         "recommendation": summary["recommendation"],
+        # The recommended pair against the best raw pair, on the test rows.
+        "pair_verdict": summary["pair_verdict"],
         "folds": outcome.fold_info,
         "notes": cell_notes(outcome.rows),
         "failures": [

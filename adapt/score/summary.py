@@ -3,7 +3,9 @@
 Gains are paired: both sides are scored on the same pooled out-of-fold rows. The recommendation
 reads only validation cells (inner splits of training rows), never a test row, and changes what a
 user feeds a classifier only on evidence: a gain over the best raw representation whose interval
-is above zero.
+is above zero. Beside the representation, it names one (representation, classifier) pair to
+deploy, chosen the same way, and compares that pair on the test rows with the best raw pair (a
+tuned probe where the protocol has one).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adapt.classifiers import TUNED_PROBES
 from adapt.config import ScoreConfig
 from adapt.labels import Task
 from adapt.metrics import metrics
@@ -142,6 +145,28 @@ class Pool:
             )
         return out
 
+    def pair_gain(
+        self, base: tuple[str, str], pair: tuple[str, str], sc: ScoreConfig, scores: bool = False
+    ) -> dict | None:
+        """Paired interval of `pair` - `base`, each a (representation, classifier), on the rows
+        pooled over the folds where both have predictions; scores=True adds each side's pooled
+        score."""
+        common = [
+            f
+            for f in self.y_true
+            if (self.task, *base, f) in self.preds and (self.task, *pair, f) in self.preds
+        ]
+        if not common:
+            return None
+        y_true = np.concatenate([self.y_true[f] for f in common])
+        a, b = self.pooled(*base, common), self.pooled(*pair, common)
+        ci = paired_mean_gain_ci(y_true, [a], [b], sc.metric, sc.n_boot, sc.alpha, sc.seed)
+        out = {**ci, "n_rows": len(y_true), "n_folds": len(common)}
+        if scores:
+            out["candidate_score"] = self.score(y_true, b, sc.metric)
+            out["baseline_score"] = self.score(y_true, a, sc.metric)
+        return out
+
 
 def _best(means: dict[str, float | None], fam: str) -> str | None:
     scored = {r: v for r, v in means.items() if family(r) == fam and v is not None}
@@ -261,6 +286,63 @@ def _guarded(
     return best, note
 
 
+def _pair(pairs: dict[tuple[str, str], float]) -> tuple[str, str] | None:
+    return max(pairs, key=lambda k: (pairs[k], k)) if pairs else None
+
+
+def recommend_pair(
+    table: dict[tuple[str, str], float | None],
+    representations: list[str],
+    classifiers: list[str],
+    sc: ScoreConfig,
+    pool: Pool | None,
+) -> dict | None:
+    """The (representation, classifier) pair to deploy: the best on validation scores, unless
+    it is not raw and its paired gain over the best raw pair on the pooled validation rows has
+    an interval reaching zero or below; then that raw pair."""
+    pairs = {
+        (r, c): v
+        for (r, c), v in table.items()
+        if v is not None and r in representations and c in classifiers
+    }
+    best = _pair(pairs)
+    if best is None:
+        return None
+    raw = _pair({k: v for k, v in pairs.items() if family(k[0]) == RAW})
+    chosen, note = best, {}
+    if family(best[0]) != RAW and raw is not None:
+        g = pool.pair_gain(raw, best, sc) if pool is not None else None
+        note = {"validation_gain_over_raw_pair": g, "raw_pair": list(raw)}
+        if g is not None and g["lo"] <= 0:
+            chosen, note = raw, {**note, "kept_raw": True}
+    return {
+        "representation": chosen[0],
+        "classifier": chosen[1],
+        "score": pairs[chosen],
+        "best_on_validation": list(best),
+        **note,
+    }
+
+
+def pair_verdict(
+    pair: dict, test_table: dict[tuple[str, str], float | None], pool: Pool, sc: ScoreConfig
+) -> dict | None:
+    """The recommended pair against the best raw pair on the test rows: the baseline is a raw
+    representation with a tuned probe where the protocol has one (else with any classifier),
+    picked on the test rows' mean scores, which favours it."""
+    raw = {(r, c): v for (r, c), v in test_table.items() if v is not None and family(r) == RAW}
+    tuned = {k: v for k, v in raw.items() if k[1] in TUNED_PROBES}
+    base = _pair(tuned or raw)
+    if base is None:
+        return None
+    gap = pool.pair_gain(base, (pair["representation"], pair["classifier"]), sc, scores=True)
+    return {
+        "baseline_pair": list(base),
+        "baseline_kind": "tuned probe" if tuned else "any classifier",
+        **(gap or {"mean": None, "lo": None, "hi": None, "n_rows": 0, "n_folds": 0}),
+    }
+
+
 def recommend(
     tasks: list[str],
     validation_means: list[dict],
@@ -328,6 +410,7 @@ def recommend(
             "by_classifier": by_clf,
             "scores": scores,
             "basis": basis,
+            "pair": recommend_pair(table, representations, classifiers, sc, pool),
             **note,
         }
     return out
@@ -355,6 +438,16 @@ def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -
         if sc.validation_folds
         else {}
     )
+    verdicts = {}
+    for task in plan.tasks:
+        pair = recommendation.get(task.name, {}).get("pair")
+        if pair:
+            test_pool = Pool.from_folds(
+                task, [f for f in plan.folds[task.name] if f.kind == "test"], preds
+            )
+            verdicts[task.name] = pair_verdict(
+                pair, _table(means, task.name, sc.metric), test_pool, sc
+            )
     return {
         "test_rows": test_rows,
         "validation_rows": val_rows,
@@ -363,4 +456,5 @@ def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -
         "gains": gains(*grid, sc, per_classifier=True),
         "mean_gains": gains(*grid, sc, per_classifier=False),
         "recommendation": recommendation,
+        "pair_verdict": verdicts,
     }

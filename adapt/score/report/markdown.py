@@ -103,8 +103,35 @@ def headline(report: dict) -> str:
                 f"{_fmt(rec['score'])}, mean over classifiers; chosen on validation rows "
                 "only, never test)"
             )
+        pair = (rec or {}).get("pair")
+        if pair:
+            verdict = report.get("pair_verdict", {}).get(t["name"])
+            out.append(f"  recommended pair: {_pair_text(pair, verdict, metric)}")
         out.append("")
     return "\n".join(out).rstrip()
+
+
+def _pair_text(pair: dict, test: dict | None, metric: str) -> str:
+    """The pair to deploy, how it was picked, and how it did on test rows against the best
+    raw pair."""
+    text = (
+        f"`{pair['representation']}` + `{pair['classifier']}` (validation {metric} "
+        f"{_fmt(pair['score'])}"
+    )
+    if pair.get("kept_raw"):
+        best = pair["best_on_validation"]
+        text += f"; kept raw: `{best[0]}` + `{best[1]}` scored higher without a clear gain"
+    text += ")"
+    if test and test.get("mean") is not None:
+        base = test["baseline_pair"]
+        text += (
+            f"; on test rows {_fmt(test['candidate_score'])} against "
+            f"{_fmt(test['baseline_score'])} for the best raw pair `{base[0]}` + `{base[1]}` "
+            f"({test['baseline_kind']}, picked on the test rows, which favours it): gap "
+            f"{test['mean']:+.3f} [{test['lo']:+.3f}, {test['hi']:+.3f}], paired interval over "
+            f"{test['n_rows']} pooled rows"
+        )
+    return text
 
 
 def _splits_note(protocol: dict) -> str:
@@ -160,6 +187,22 @@ def _fits_lines(protocol: dict) -> list[str]:
     return [
         f"- {names}: fitted {n} times per cell with different seeds (their fits draw random "
         "numbers); a cell's scores, and its side of every paired gain, are the mean over the fits."
+    ]
+
+
+def _tuned_lines(protocol: dict) -> list[str]:
+    """What the tuned probes are, where the protocol has any."""
+    from adapt.classifiers import TUNED_C, TUNED_FOLDS
+
+    tuned = [c for c in protocol["classifiers"] if c.endswith("_tuned")]
+    if not tuned:
+        return []
+    names = ", ".join(f"`{c}`" for c in tuned)
+    grid = ", ".join(f"{c:g}" for c in TUNED_C)
+    return [
+        f"- {names}: tuned probes. Each cell chooses C from {{{grid}}} by an inner stratified "
+        f"{TUNED_FOLDS}-fold CV over its own training rows (macro-F1), then refits with it; "
+        "the test rows play no part. `logreg` and `svc` keep scikit-learn's C = 1."
     ]
 
 
@@ -233,6 +276,7 @@ def _intro(report: dict) -> list[str]:
             else ""
         ),
         *_fits_lines(protocol),
+        *_tuned_lines(protocol),
         "- PCA (k = "
         f"{protocol.get('pca_k')}), the per-modality scaling of `raw:concat` and the heads of "
         "`projected:*` are fitted on each fold's training rows only.",
@@ -278,6 +322,10 @@ def _task_section(report: dict, t: dict) -> list[str]:
         )
         if per:
             lines.append(f"Recommended per classifier: {per}.")
+        if rec.get("pair"):
+            verdict = report.get("pair_verdict", {}).get(name)
+            text = _pair_text(rec["pair"], verdict, protocol["metric"])
+            lines.append(f"**Recommended pair** to deploy: {text}.")
     means = _means(report, name)
     lines += _score_table(protocol, means)
     lines += _best_table(protocol, means)

@@ -267,8 +267,19 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "basis": {"type": "string"},
                     "by_classifier": {"type": "object"},
                     "scores": {"type": "object", "additionalProperties": _NUM},
+                    "pair": {
+                        "type": ["object", "null"],
+                        "description": "the (representation, classifier) pair to deploy, "
+                        "chosen on validation scores",
+                    },
                 },
             },
+        },
+        "pair_verdict": {
+            "type": "object",
+            "description": "task name -> the recommended pair against the best raw pair (a "
+            "tuned probe where the protocol has one, picked on the test rows) on the pooled "
+            "test rows: mean, lo, hi of the gap, each side's score",
         },
         "folds": {
             "type": "array",
