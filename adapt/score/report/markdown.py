@@ -106,7 +106,8 @@ def headline(report: dict) -> str:
         pair = (rec or {}).get("pair")
         if pair:
             verdict = report.get("pair_verdict", {}).get(t["name"])
-            out.append(f"  recommended pair: {_pair_text(pair, verdict, metric)}")
+            text = _pair_text(pair, verdict, metric).replace("`", "")  # plain text here
+            out.append(f"  recommended pair: {text}")
         out.append("")
     return "\n".join(out).rstrip()
 
