@@ -595,7 +595,7 @@ SCORE_FAMILIES = ("raw", "pca", "projected")
 # folds; in-fold heads included). On the demo corpus it took 37 minutes on 2 CPUs on all 1,906 rows
 # (xgboost with 100 rounds: 63% of the cell time, the forest 28%), 27 minutes on this sample
 # with 50 rounds (more inner validation splits on fewer rows) and 21 minutes with 64 histogram
-# bins: over the 15 minutes aimed at.
+# bins; 14.4 minutes on a less loaded day: at the 15 minutes aimed at only on a good day.
 DEFAULT_SCORE_MAX_ROWS = 1000
 PROJECTED_MODES = ("single", "per_modality")
 
@@ -744,8 +744,8 @@ class ScoreConfig(Strict):
         description="Per task, score a stratified sample of at most this many rows (chosen by id "
         "hash, so the same rows every run): the classifier cells and the in-fold heads use only "
         "them, and the report says so. With it the full protocol (5 folds, 7 classifiers, "
-        "validation splits) took 21 minutes on 2 CPUs on the demo corpus; raise it on a cluster "
-        "(intervals narrow as 1/sqrt(rows)). The train stage's head always trains on every row. "
+        "validation splits) took 14 to 21 minutes on 2 CPUs on the demo corpus; raise it on a "
+        "cluster (intervals narrow as 1/sqrt(rows)). The train stage's head always trains on every row. "
         "None: every row.",
     )
     num_gpus_per_cell: float = Field(
