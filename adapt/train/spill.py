@@ -152,9 +152,6 @@ class RowSpill:
         x = {n[2:]: read(n)[order] for n in names if n.startswith("x_")}
         return keys[order], x, read("y")[order]
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 class SpilledSplit:
     """A side (train or validation) held in a `RowSpill`, with the interface of `fit.Split`
