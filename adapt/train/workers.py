@@ -93,16 +93,18 @@ def _materialize(shard, plan: TrainPlan) -> tuple[dict[str, np.ndarray], np.ndar
     if not tables:
         x = {m: np.zeros((0, d), dtype=np.float32) for m, d in plan.in_dims.items()}
         return x, encode_with_classes([], plan.task_type, plan.classes), np.zeros(0, dtype=bool)
-    table = pa.concat_tables(tables, promote_options="permissive")
-    ids = table.column(schema.ID).to_numpy(zero_copy_only=False).astype(str)
+    ids, x, y = _arrays(pa.concat_tables(tables, promote_options="permissive"), plan)
     order = np.argsort(ids, kind="stable")
-    x = {
-        m: fixed_size_to_numpy(table.column(schema.embedding_column(m)))[order]
-        for m in plan.modalities
-    }
-    labels = table.column(plan.label_column).to_pylist()
-    y = encode_with_classes([labels[i] for i in order], plan.task_type, plan.classes)
-    return x, y, plan.rule.validation(ids[order], y)
+    y = y[order]
+    return {m: v[order] for m, v in x.items()}, y, plan.rule.validation(ids[order], y)
+
+
+def _arrays(t: pa.Table, plan: TrainPlan) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """A table of chosen rows as ids, inputs per modality and encoded labels."""
+    ids = t.column(schema.ID).to_numpy(zero_copy_only=False).astype(str)
+    x = {m: fixed_size_to_numpy(t.column(schema.embedding_column(m))) for m in plan.modalities}
+    y = encode_with_classes(t.column(plan.label_column).to_pylist(), plan.task_type, plan.classes)
+    return ids, x, y
 
 
 def _spill(
@@ -116,11 +118,7 @@ def _spill(
     val = RowSpill(os.path.join(folder, "val"), bucket_count(shares[1], max_rows), flush)
     moments = {m: np.zeros((3, d)) for m, d in plan.in_dims.items()}
     for t in _chosen_blocks(shard, plan):
-        ids = t.column(schema.ID).to_numpy(zero_copy_only=False).astype(str)
-        x = {m: fixed_size_to_numpy(t.column(schema.embedding_column(m))) for m in plan.modalities}
-        y = encode_with_classes(
-            t.column(plan.label_column).to_pylist(), plan.task_type, plan.classes
-        )
+        ids, x, y = _arrays(t, plan)
         is_val = plan.rule.validation(ids, y)
         keys = row_keys(ids, plan.rule.seed + KEY_SALT)
         for side, rows in ((train, ~is_val), (val, is_val)):
