@@ -103,14 +103,6 @@ class Pool:
         }
         return cls(task, y_true, saved["pred"])
 
-    def folds_with(self, representations: list[str], classifiers: list[str]) -> list:
-        """The folds where every classifier has predictions on every one of `representations`."""
-        return [
-            f
-            for f in self.y_true
-            if all((self.task, r, c, f) in self.preds for r in representations for c in classifiers)
-        ]
-
     def pooled(self, rep: str, clf: str, folds: list) -> np.ndarray:
         # Predictions are stacks of fits (seeds); pooling joins rows, on axis 1.
         return np.concatenate([self.preds[(self.task, rep, clf, f)] for f in folds], axis=1)
@@ -128,22 +120,10 @@ class Pool:
         pooled over the folds where every classifier has both sides; None when no fold has.
         scores=True adds each side's pooled metric (averaged likewise) as candidate_score and
         baseline_score."""
-        common = self.folds_with([rep, base], classifiers)
-        if not common:
-            return None
-        y_true = np.concatenate([self.y_true[f] for f in common])
-        pred_a = [self.pooled(base, c, common) for c in classifiers]
-        pred_b = [self.pooled(rep, c, common) for c in classifiers]
-        ci = paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
-        out = {**ci, "baseline_representation": base, "n_rows": len(y_true), "n_folds": len(common)}
-        if scores:
-            out["candidate_score"] = float(
-                np.mean([self.score(y_true, p, sc.metric) for p in pred_b])
-            )
-            out["baseline_score"] = float(
-                np.mean([self.score(y_true, p, sc.metric) for p in pred_a])
-            )
-        return out
+        out = self._paired(
+            [(base, c) for c in classifiers], [(rep, c) for c in classifiers], sc, scores
+        )
+        return None if out is None else {**out, "baseline_representation": base}
 
     def pair_gain(
         self, base: tuple[str, str], pair: tuple[str, str], sc: ScoreConfig, scores: bool = False
@@ -151,20 +131,37 @@ class Pool:
         """Paired interval of `pair` - `base`, each a (representation, classifier), on the rows
         pooled over the folds where both have predictions; scores=True adds each side's pooled
         score."""
+        return self._paired([base], [pair], sc, scores)
+
+    def _paired(
+        self,
+        base: list[tuple[str, str]],
+        candidate: list[tuple[str, str]],
+        sc: ScoreConfig,
+        scores: bool,
+    ) -> dict | None:
+        """Paired interval of the candidate pairs' metric averaged over them minus the base
+        pairs' (matched in order, the same row draws for all), on the rows pooled over the folds
+        where every pair has predictions."""
         common = [
             f
             for f in self.y_true
-            if (self.task, *base, f) in self.preds and (self.task, *pair, f) in self.preds
+            if all((self.task, *p, f) in self.preds for p in (*base, *candidate))
         ]
         if not common:
             return None
         y_true = np.concatenate([self.y_true[f] for f in common])
-        a, b = self.pooled(*base, common), self.pooled(*pair, common)
-        ci = paired_mean_gain_ci(y_true, [a], [b], sc.metric, sc.n_boot, sc.alpha, sc.seed)
+        pred_a = [self.pooled(*p, common) for p in base]
+        pred_b = [self.pooled(*p, common) for p in candidate]
+        ci = paired_mean_gain_ci(y_true, pred_a, pred_b, sc.metric, sc.n_boot, sc.alpha, sc.seed)
         out = {**ci, "n_rows": len(y_true), "n_folds": len(common)}
         if scores:
-            out["candidate_score"] = self.score(y_true, b, sc.metric)
-            out["baseline_score"] = self.score(y_true, a, sc.metric)
+            out["candidate_score"] = float(
+                np.mean([self.score(y_true, p, sc.metric) for p in pred_b])
+            )
+            out["baseline_score"] = float(
+                np.mean([self.score(y_true, p, sc.metric) for p in pred_a])
+            )
         return out
 
 

@@ -193,9 +193,9 @@ def _fits_lines(protocol: dict) -> list[str]:
 
 def _tuned_lines(protocol: dict) -> list[str]:
     """What the tuned probes are, where the protocol has any."""
-    from adapt.classifiers import TUNED_C, TUNED_FOLDS
+    from adapt.classifiers import TUNED_C, TUNED_FOLDS, TUNED_PROBES
 
-    tuned = [c for c in protocol["classifiers"] if c.endswith("_tuned")]
+    tuned = [c for c in protocol["classifiers"] if c in TUNED_PROBES]
     if not tuned:
         return []
     names = ", ".join(f"`{c}`" for c in tuned)
