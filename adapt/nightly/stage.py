@@ -13,7 +13,7 @@ Champion and challenger are compared on the same held-out rows: a fixed share of
 stable as the corpus grows) that no head ever trains on. For each task and classifier, the
 classifier is fitted on each head's projection of the other rows and scored on the held-out rows.
 The stage reads top-down: extract (`adapt.extract.stage`), health (`adapt.nightly.health`), train
-(`adapt.train.stage`), compare (`compare_on_holdout`), promote (`adapt.nightly.champion`).
+(`adapt.train.stage`), compare (`Holdout`), promote (`adapt.nightly.champion`).
 A failed night records the failure, leaves the champion as it was, and keeps every committed
 output (embedded shards, finished heads, checkpoints) for the next run to reuse.
 """
@@ -38,7 +38,7 @@ from adapt.extract.stage import encoders_fingerprint_id, run_extract, survey
 from adapt.extract.workers import embed_in_process
 from adapt.labels import build_task
 from adapt.nightly.champion import Registry, decide
-from adapt.nightly.health import DRIFT_COSINE, embedding_health, row_cosine
+from adapt.nightly.health import DRIFT_COSINE, Health, row_cosine
 from adapt.rayutil import init_ray
 from adapt.score.cells import score_cell
 from adapt.score.stage import run_score
@@ -50,59 +50,75 @@ from adapt.train.stage import run_train
 log = logging.getLogger("adapt.nightly")
 
 
-def compare_on_holdout(
-    emb: Embeddings,
-    project,
-    tasks: list[ScoreTask],
-    classifiers: list[str],
-    fraction: float,
-    metric: str,
-    seed: int = 0,
-    max_rows: int | None = None,
-) -> dict:
-    """Per task: the metric averaged over classifiers, fitted on projected non-held-out rows and
-    scored on held-out rows. `project(emb) -> [rows, d]` applies a head to these embeddings.
-    With `max_rows`, each side is a stratified sample of at most that many rows, by id hash."""
-    held = fixed_holdout_mask(emb.ids, fraction)
-    ids = np.asarray(emb.ids, dtype=object)
-    chosen = []
-    for spec in tasks:
-        task = build_task(spec, emb.columns, 2)
-        rows = task.rows
-        pos_train = np.where(~held[rows])[0]
-        pos_test = np.where(held[rows])[0]
-        if max_rows is not None:
-            pos_train, pos_test = (
-                p[sample_mask(task.y[p], task.task_type, max_rows, seed, ids[rows[p]], 2)]
-                for p in (pos_train, pos_test)
-            )
-        if len(pos_test) == 0 or len(pos_train) == 0:
-            raise ValueError(f"task {spec.task_name}: no held-out or no training rows")
-        chosen.append((spec, task, pos_train, pos_test))
-    # Only the sampled rows are projected: at a million rows the whole projection would be the
-    # largest array the driver holds.
-    used = np.unique(np.concatenate([t.rows[p] for _, t, a, b in chosen for p in (a, b)]))
-    x = project(emb.subset(used))
-    at = np.full(len(emb), -1, dtype=np.int64)  # row of emb -> row of x
-    at[used] = np.arange(len(used))
-    out = {}
-    for spec, task, pos_train, pos_test in chosen:
-        train, test = at[task.rows[pos_train]], at[task.rows[pos_test]]
-        values = []
-        for clf in classifiers:
-            cell = score_cell(
-                x[train],
-                task.y[pos_train],
-                x[test],
-                task.y[pos_test],
-                clf,
-                task.task_type,
-                task.classes,
-                seed,
-            )
-            values.append(cell[metric])
-        out[spec.task_name] = float(np.mean(values))
-    return out
+@dataclass
+class Side:
+    """One side of a task's comparison: the ids of its rows and their labels."""
+
+    ids: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class Holdout:
+    """The rows a night compares heads on, chosen from ids and labels alone. Per task: the rows a
+    classifier is fitted on and the held-out rows it is scored on; `ids`, every row used, so that
+    only these rows' vectors are read."""
+
+    tasks: list[tuple[str, str, list, Side, Side]]  # name, task type, classes, train, test
+    ids: np.ndarray
+    held_rows: int  # rows of the version held out from every head, sampled or not
+
+    @classmethod
+    def choose(
+        cls,
+        meta: Embeddings,
+        tasks: list[ScoreTask],
+        fraction: float,
+        max_rows: int | None = None,
+        seed: int = 0,
+    ) -> Holdout:
+        """Held-out rows are a fixed share of ids (`fixed_holdout_mask`); with `max_rows`, each
+        side is a stratified sample of at most that many rows, by id hash."""
+        held = fixed_holdout_mask(meta.ids, fraction)
+        ids = np.asarray(meta.ids, dtype=object)
+        chosen = []
+        for spec in tasks:
+            task = build_task(spec, meta.columns, 2)
+            rows = task.rows
+            sides = []
+            for pos in (np.where(~held[rows])[0], np.where(held[rows])[0]):
+                if max_rows is not None:
+                    pos = pos[
+                        sample_mask(task.y[pos], task.task_type, max_rows, seed, ids[rows[pos]], 2)
+                    ]
+                sides.append(Side(ids[rows[pos]], task.y[pos]))
+            if not all(len(side.ids) for side in sides):
+                raise ValueError(f"task {spec.task_name}: no held-out or no training rows")
+            chosen.append((spec.task_name, task.task_type, task.classes, *sides))
+        used = np.unique(np.concatenate([side.ids for *_, a, b in chosen for side in (a, b)]))
+        return cls(chosen, used, int(held.sum()))
+
+    def load(self, store: Storage, root: str) -> Embeddings:
+        """The vectors of the rows used, read file by file and cut down as they come."""
+        return load_embeddings(store, root, ids=self.ids)
+
+    def score(
+        self, emb: Embeddings, head, classifiers: list[str], metric: str, seed: int = 0
+    ) -> dict:
+        """Per task: the metric averaged over classifiers, fitted on the projected training rows
+        and scored on the held-out rows. `emb`: `load`'s rows; `head(features) -> [rows, d]`."""
+        x = head(emb.features)
+        at = {i: k for k, i in enumerate(emb.ids)}
+        out = {}
+        for name, task_type, classes, train, test in self.tasks:
+            a = np.array([at[i] for i in train.ids])
+            b = np.array([at[i] for i in test.ids])
+            values = [
+                score_cell(x[a], train.y, x[b], test.y, clf, task_type, classes, seed)[metric]
+                for clf in classifiers
+            ]
+            out[name] = float(np.mean(values))
+        return out
 
 
 @dataclass
@@ -135,20 +151,12 @@ class NightlyResult:
         return "\n".join(lines)
 
 
-def _probe_health(
-    config: Config, store: Storage, emb: Embeddings, previous: Embeddings | None
-) -> dict:
-    """Health of tonight's embeddings, plus a re-embedding of a few rows to check determinism."""
-    report = embedding_health(emb, previous)
+def _probe(config: Config, store: Storage, root: str, shard: readers.Shard, file: str) -> dict:
+    """A few rows of `shard` embedded again in a task of their own and compared with their stored
+    vectors in `file`: outputs that do not reproduce are flagged."""
     n = config.nightly.probe_rows
-    if n <= 0:
-        return report
-    import ray
-
-    shard = readers.list_shards(
-        store, config.corpus, config.extract.format, config.extract.manifest
-    )[0]
     table = next(readers.read_shard(store, shard, config.corpus, n))
+    import ray
 
     @ray.remote(
         num_cpus=min(1.0, config.extract.num_cpus_per_worker),
@@ -158,12 +166,13 @@ def _probe_health(
         return embed_in_process(cfg, t)
 
     fresh = ray.get(probe.remote(config, table))
-    position = {i: k for k, i in enumerate(emb.ids)}
-    sims = {}
-    for modality in emb.features:
+    stored = load_embeddings(store, root, files=[file], ids=fresh.column("id").to_pylist())
+    position = {i: k for k, i in enumerate(stored.ids)}
+    sims, flags = {}, []
+    for modality in stored.features:
         column = fresh.column(f"{modality}_embedding").to_pylist()
         pairs = [
-            (np.asarray(v, np.float32), emb.features[modality][position[i]])
+            (np.asarray(v, np.float32), stored.features[modality][position[i]])
             for i, v in zip(fresh.column("id").to_pylist(), column, strict=True)
             if v is not None and i in position
         ]
@@ -176,28 +185,62 @@ def _probe_health(
                 "mean": float(cos.mean()),
             }
             if cos.min() < DRIFT_COSINE:
-                report["flags"].append(
+                flags.append(
                     f"{modality}: re-embedding {len(pairs)} stored rows gave cosine "
                     f"{cos.min():.5f} < {DRIFT_COSINE}: outputs are not reproducible"
                 )
-    report["probe"] = sims
-    report["healthy"] = not report["flags"]
+    return {"probe": sims, "flags": flags}
+
+
+def check_health(
+    config: Config,
+    store: Storage,
+    root: str,
+    todo,
+    committed: dict[str, dict],
+    previous: Embeddings | None,
+) -> dict:
+    """Health of the rows tonight embedded (the shards it redid, one file at a time, against last
+    night's rows of the same shards), plus a re-embedding of a few stored rows of the first shard
+    to check determinism. The other shards' rows were checked on the night that wrote them."""
+    health = Health(previous)
+    for shard in todo.pending:
+        file = (committed.get(shard.key) or {}).get("embeddings_file")
+        if file:
+            health.add(load_embeddings(store, root, files=[file]))
+    report = health.report()
+    report["scope"] = "rows of the shards embedded tonight"
+    first = next(
+        (s for s in todo.shards if (committed.get(s.key) or {}).get("embeddings_file")), None
+    )
+    if config.nightly.probe_rows > 0 and first is not None:
+        probe = _probe(config, store, root, first, committed[first.key]["embeddings_file"])
+        report["probe"] = probe["probe"]
+        report["flags"] += probe["flags"]
+        report["healthy"] = not report["flags"]
     return report
 
 
-def _scores(config: Config, store: Storage, head_uri: str, emb: Embeddings) -> dict:
-    """A head's scores per task on the night's held-out rows of `emb` (`compare_on_holdout`)."""
+def _compare(
+    config: Config, store: Storage, heads: dict[str, tuple[str, str]]
+) -> tuple[dict[str, dict], dict[str, Holdout]]:
+    """Each head's scores per task on its version's held-out rows: `heads` maps a name to (head
+    uri, version root). A version's rows are chosen (`Holdout`, returned per root) and read once
+    for all its heads."""
     nc = config.nightly
-    head = load_head(head_uri, store)
-    return compare_on_holdout(
-        emb,
-        lambda e: head(e.features),
-        config.score.tasks,
-        nc.classifiers,
-        nc.holdout_fraction,
-        nc.metric,
-        max_rows=nc.compare_max_rows,
-    )
+    rows: dict[str, tuple[Holdout, Embeddings]] = {}
+    out = {}
+    for name, (head_uri, root) in heads.items():
+        if root not in rows:
+            meta = load_embeddings(store, root, features=False)
+            holdout = Holdout.choose(
+                meta, config.score.tasks, nc.holdout_fraction, nc.compare_max_rows
+            )
+            del meta
+            rows[root] = (holdout, holdout.load(store, root))
+        holdout, emb = rows[root]
+        out[name] = holdout.score(emb, load_head(head_uri, store), nc.classifiers, nc.metric)
+    return out, {root: holdout for root, (holdout, _) in rows.items()}
 
 
 # Settings that change what a night decides (its training, comparison and tasks); resources and
@@ -324,8 +367,8 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
 
         stage = "health"
         t = time.perf_counter()
-        emb = load_embeddings(store, root)
-        health = _probe_health(vconfig, store, emb, previous)
+        health = check_health(vconfig, store, root, todo, committed, previous)
+        del previous
         stage_s["health"] = time.perf_counter() - t
 
         stage = "train"
@@ -338,17 +381,12 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
 
         stage = "compare"
         t = time.perf_counter()
-        challenger = _scores(config, store, trained.head, emb)
-        champion_scores = None
+        heads = {"challenger": (trained.head, root)}
         if champion:
-            champ_emb = (
-                emb
-                if champion.get("encoders_id") == encoders_id
-                else load_embeddings(
-                    store, layout.version_root(config.output, champion["encoders_id"])
-                )
-            )
-            champion_scores = _scores(config, store, champion["head"], champ_emb)
+            champion_root = layout.version_root(config.output, champion["encoders_id"])
+            heads["champion"] = (champion["head"], champion_root)
+        scores, holdouts = _compare(config, store, heads)
+        challenger, champion_scores = scores["challenger"], scores.get("champion")
         if nc.score_report:
             run_score(vconfig, store)
         stage_s["compare"] = time.perf_counter() - t
@@ -366,7 +404,7 @@ def run_nightly(config: Config, store: Storage | None = None) -> NightlyResult:
             rows={
                 "input": extracted.input_rows,
                 "embedded_now": extracted.embedded_now,
-                "holdout": int(fixed_holdout_mask(emb.ids, nc.holdout_fraction).sum()),
+                "holdout": holdouts[root].held_rows,
             },
             previous_champion=champion and champion.get("head"),
             stage_s=stage_s,
