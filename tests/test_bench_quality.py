@@ -13,7 +13,9 @@ from adapt.bench.quality_tables import (
     averaged_table,
     bar_table,
     check_bar,
+    check_pairs,
     combine_splits,
+    pair_table,
     splits_table,
 )
 
@@ -221,3 +223,48 @@ def test_combine_keeps_the_tasks_every_split_scored():
     assert combined["per_split"]["a"]["bar_met"] and list(combined["per_split"]["a"]["gains"]) == [
         "t"
     ]
+
+
+def _with_pair(report: dict, gap: float, lo: float) -> dict:
+    report["recommendation"]["t"]["pair"] = {
+        "representation": "projected:single",
+        "classifier": "logreg_tuned",
+        "score": 0.83,
+    }
+    report["pair_verdict"] = {
+        "t": {
+            "baseline_pair": ["raw:text", "svc_tuned"],
+            "baseline_kind": "tuned probe",
+            "mean": gap,
+            "lo": lo,
+            "hi": gap + 0.02,
+            "candidate_score": 0.80 + gap,
+            "baseline_score": 0.80,
+            "n_rows": 300,
+        }
+    }
+    return report
+
+
+def test_the_pair_view_needs_a_point_and_an_interval_above_zero():
+    base = {"logreg": "projected:single", "cart": "projected:single"}
+    won = check_pairs([{"report": _with_pair(_report(0.05, base), 0.015, 0.002)}])["t"]
+    assert won["met"] and won["pair"] == ["projected:single", "logreg_tuned"]
+    assert won["baseline_pair"] == ["raw:text", "svc_tuned"] and round(won["score"], 3) == 0.815
+    md = pair_table({"t": won})
+    assert "| t | projected:single + logreg_tuned (0.830) | 0.815 | raw:text + svc_tuned |" in md
+    assert "+0.015 [+0.002, +0.035] | yes |" in md
+    # Half a point, or an interval reaching zero, misses the target.
+    for gap, lo in ((0.005, 0.001), (0.02, -0.001)):
+        missed = check_pairs([{"report": _with_pair(_report(0.05, base), gap, lo)}])["t"]
+        assert not missed["met"]
+    # Over splits: the mean gap counts, and every split's interval must be above zero.
+    runs = _two_splits()
+    runs["a"]["pairs"] = {"t": won}
+    runs["b"]["pairs"] = {"t": {**won, "gap": 0.003, "lo": -0.01, "met": False}}
+    combined = combine_splits(runs)
+    assert round(combined["pairs"]["t"]["mean_gap"], 4) == 0.009
+    assert combined["pairs"]["t"]["splits_above_zero"] == 1 and not combined["pair_target_met"]
+    assert "| t | projected:single + logreg_tuned vs raw:text + svc_tuned, +0.015" in splits_table(
+        combined
+    )

@@ -172,7 +172,7 @@ def averaged_table(results: list[dict]) -> str:
     """Per task and representation: the metric averaged over the classifiers, and the paired
     gains of the learned ones over the best raw and the best PCA representation."""
     lines = [
-        "| task | representation | mean macro-F1 (7 classifiers) | gain over best raw [95%] "
+        "| task | representation | mean macro-F1 over classifiers | gain over best raw [95%] "
         "| gain over best PCA [95%] |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -203,12 +203,66 @@ def averaged_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The pair target: the recommended pair beats the best tuned raw pair by at least this on the
+# pooled test rows, with the paired interval above zero.
+PAIR_MARGIN = 0.01
+
+
+def check_pairs(results: list[dict]) -> dict:
+    """Per task: the recommended (representation, classifier) pair, chosen on validation rows,
+    against the best raw pair on the pooled test rows (`report["pair_verdict"]`; a tuned probe
+    where the run had one), and whether it wins by PAIR_MARGIN with the interval above zero."""
+    out = {}
+    for r in results:
+        report = r["report"]
+        for task in report["tasks"]:
+            name = task["name"]
+            pair = (report.get("recommendation", {}).get(name) or {}).get("pair")
+            verdict = (report.get("pair_verdict") or {}).get(name)
+            if not pair or not verdict or verdict.get("mean") is None:
+                continue
+            out[name] = {
+                "pair": [pair["representation"], pair["classifier"]],
+                "validation_score": pair["score"],
+                "score": verdict.get("candidate_score"),
+                "baseline_pair": verdict["baseline_pair"],
+                "baseline_kind": verdict["baseline_kind"],
+                "baseline_score": verdict.get("baseline_score"),
+                "gap": verdict["mean"],
+                "lo": verdict["lo"],
+                "hi": verdict["hi"],
+                "n_rows": verdict.get("n_rows"),
+                "met": verdict["mean"] >= PAIR_MARGIN and verdict["lo"] > 0,
+            }
+    return out
+
+
+def pair_table(pairs: dict) -> str:
+    """Markdown: per task, the recommended pair against the best tuned raw pair."""
+    lines = [
+        "| task | recommended pair (validation) | test macro-F1 | best raw pair on test | "
+        "its macro-F1 | gap [95%] | target met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, p in pairs.items():
+        kind = "" if p["baseline_kind"] == "tuned probe" else f" ({p['baseline_kind']})"
+        lines.append(
+            f"| {task} | {' + '.join(p['pair'])} ({p['validation_score']:.3f}) | "
+            f"{p['score']:.3f} | {' + '.join(p['baseline_pair'])}{kind} | "
+            f"{p['baseline_score']:.3f} | {p['gap']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}] | "
+            f"{'yes' if p['met'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def write_summary(out: Path, results: list[dict], wall_s: float | None, run_id: str) -> dict:
     bar = check_bar(results)
-    md = "\n\n".join([bar_table(bar), averaged_table(results), table(results)])
+    pairs = check_pairs(results)
+    md = "\n\n".join([bar_table(bar), pair_table(pairs), averaged_table(results), table(results)])
     summary = {
         "wall_s": wall_s,
         "bar": bar,
+        "pairs": pairs,
         "corpora": {
             r["corpus"]: {"stages": r.get("stages"), "report_dir": r["report_dir"]} for r in results
         },
@@ -228,7 +282,7 @@ def write_summary(out: Path, results: list[dict], wall_s: float | None, run_id: 
         )
     )
     print(md)
-    print(json.dumps({k: v for k, v in summary.items() if k != "bar"}, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("bar", "pairs")}, indent=2))
     return summary
 
 
@@ -298,9 +352,24 @@ def combine_splits(runs: dict[str, dict]) -> dict:
             "noise_floor": round(floor.get(i, 0.0), 2),
         }
     worst = min(cells.values(), key=lambda c: c["mean_vs_raw"], default=None)
+    pairs = {}
+    for task in tasks:
+        per = {i: runs[i].get("pairs", {}).get(task) for i in ids}
+        if any(v is None for v in per.values()):
+            continue
+        gaps = [per[i]["gap"] for i in ids]
+        pairs[task] = {
+            "per_split": per,
+            "mean_gap": sum(gaps) / len(gaps),
+            "splits_above_zero": sum(per[i]["lo"] > 0 for i in ids),
+            "splits_met": sum(per[i]["met"] for i in ids),
+            "mean_met": sum(gaps) / len(gaps) >= PAIR_MARGIN and all(per[i]["lo"] > 0 for i in ids),
+        }
     return {
         "splits": ids,
         "per_split": per_split,
+        "pairs": pairs,
+        "pair_target_met": bool(pairs) and all(p["mean_met"] for p in pairs.values()),
         "cells": list(cells.values()),
         "bar_met_every_split": all(s["bar_met"] for s in per_split.values()),
         "worst_mean_vs_raw": worst["mean_vs_raw"] if worst else None,
@@ -327,6 +396,23 @@ def splits_table(combined: dict) -> str:
             f"| {i} | {'yes' if s['bar_met'] else 'no'} | {gains} | {s['misses']} | "
             f"{s['noise_floor']:.2f} |"
         )
+    if combined.get("pairs"):
+        lines += [
+            "",
+            "| task | "
+            + " | ".join(f"{i}: recommended pair vs best raw pair, gap [95%]" for i in ids)
+            + " | mean gap | target met |",
+            "| --- | " + " | ".join("---" for _ in ids) + " | --- | --- |",
+        ]
+        for task, p in combined["pairs"].items():
+            per = " | ".join(
+                f"{' + '.join(v['pair'])} vs {' + '.join(v['baseline_pair'])}, "
+                f"{v['gap']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
+                for v in (p["per_split"][i] for i in ids)
+            )
+            lines.append(
+                f"| {task} | {per} | {p['mean_gap']:+.3f} | {'yes' if p['mean_met'] else 'no'} |"
+            )
     lines += [
         "",
         "| task | classifier | "
