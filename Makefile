@@ -12,15 +12,15 @@ CONFIG ?= cluster/configs/demo.yaml
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet -r requirements.lock -r requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP) ## create the virtualenv from the lock file (once; again only when it changes)
+setup: $(STAMP) ## create the virtualenv from the lock files (once; again only when they change)
 
 run: $(STAMP) ## run the pipeline on the bundled demo corpus, local Ray, local storage
 	HF_HUB_OFFLINE=1 $(VENV)/bin/adapt run --config $(CONFIG) --set output=$(OUT)

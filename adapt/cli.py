@@ -5,18 +5,27 @@
     adapt apply   --config FILE      # the latest head over every embeddings file (not in `run`)
     adapt score   --config FILE      # classifiers on raw vs PCA vs projected embeddings
     adapt run     --config FILE      # every stage in order, as `make run` does
+    adapt config show --config FILE  # the configuration as resolved, secrets masked
+    adapt --version
 
+Every stage takes `--json` (one JSON document on stdout: the stage's summary, or for `run` one
+object with a summary per stage) and `-q` / `-v` (warnings only / debug logging).
 The `jobs/*.py` entrypoints for `ray job submit` call the same `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
+import re
 import sys
 
+import yaml
+
+from adapt import __version__
 from adapt.config import ConfigError, load_config
 
 # Stage name -> "module:function"; each function takes a Config and returns a printable summary.
@@ -37,11 +46,10 @@ def _stage(name: str):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"adapt {__version__}")
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name in [*STAGES, "run"]:
-        s = sub.add_parser(
-            name, help="all stages in order" if name == "run" else f"the {name} stage"
-        )
+
+    def config_options(s: argparse.ArgumentParser) -> None:
         s.add_argument("--config", required=True, help="YAML job configuration")
         s.add_argument(
             "--set",
@@ -51,22 +59,84 @@ def parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a config key, e.g. --set extract.batch_size=32 (repeatable)",
         )
-        s.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    for name in [*STAGES, "run"]:
+        s = sub.add_parser(
+            name, help="all stages in order" if name == "run" else f"the {name} stage"
+        )
+        config_options(s)
+        s.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+        level = s.add_mutually_exclusive_group()
+        level.add_argument(
+            "-q", "--quiet", action="store_true", help="log warnings and errors only"
+        )
+        level.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    c = sub.add_parser("config", help="the configuration")
+    show = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_options(show.add_parser("show", help="print the resolved configuration (YAML)"))
     return p
+
+
+# Keys whose values are never printed, and credentials inside a URL (scheme://user:secret@host).
+_SECRET_KEY = re.compile(r"(secret|password|token|credential|api_?key|access_?key)", re.I)
+_URL_SECRET = re.compile(r"(://[^/:@]+:)[^/@]+@")
+
+
+def masked(value, key: str = ""):
+    """`value` (a config as plain data) with secrets replaced by "***"."""
+    if isinstance(value, dict):
+        return {k: masked(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v, key) for v in value]
+    if isinstance(value, str):
+        if _SECRET_KEY.search(key) and value:
+            return "***"
+        return _URL_SECRET.sub(r"\1***@", value)
+    return value
+
+
+def as_json(summary) -> dict:
+    """A stage's summary as plain data: its fields, a score report cut to its decisions (the
+    whole report is report.json in the report folder)."""
+    if not dataclasses.is_dataclass(summary):
+        return {"summary": str(summary)}
+    out = dataclasses.asdict(summary)
+    report = out.pop("report", None)
+    if isinstance(report, dict):
+        out["recommendation"] = report.get("recommendation")
+        out["pair_verdict"] = report.get("pair_verdict")
+    return out
 
 
 def main(argv: list[str] | None = None, only: str | None = None) -> int:
     args = parser().parse_args(argv if only is None else [only, *(argv or sys.argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    level = (
+        logging.WARNING
+        if getattr(args, "quiet", False)
+        else logging.DEBUG
+        if getattr(args, "verbose", False)
+        else logging.INFO
+    )
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.stage == "config":
+        print(yaml.safe_dump(masked(config.model_dump(mode="json")), sort_keys=False), end="")
+        return 0
     stages = PIPELINE if args.stage == "run" else [args.stage]
+    summaries = {}
     for name in stages:
         summary = _stage(name)(config)
-        print(json.dumps(summary, indent=2, default=str) if args.json else summary.describe())
+        if args.json:
+            summaries[name] = as_json(summary)
+        else:
+            print(summary.describe(), flush=True)
+    if args.json:
+        document = summaries if args.stage == "run" else summaries[args.stage]
+        print(json.dumps(document, indent=2, default=str))
     return 0
 
 

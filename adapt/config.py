@@ -80,6 +80,13 @@ class RayConfig(Strict):
         "on every node and shows in job info. Off: workers get credentials the way their nodes "
         "do (instance role, IRSA, their own environment); only non-secret settings travel.",
     )
+    console: bool | None = Field(
+        None,
+        description="Ray's own output on the driver's console: the workers' logs, Ray Data's "
+        "progress bars and its execution messages. None: on when joining a cluster (a job's log "
+        "is its driver's output), off for a local Ray, whose logs stay in its session folder "
+        "(printed at start-up).",
+    )
 
 
 class EncoderSpec(Strict):

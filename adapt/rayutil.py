@@ -47,6 +47,20 @@ def local_system_config(num_cpus: float | None) -> dict:
     return {"num_workers_soft_limit": 4 * cpus, "idle_worker_killing_time_threshold_ms": 60_000}
 
 
+# Ray's driver-side loggers that report every dataset execution and Train run at INFO level.
+RAY_LOGGERS = ("ray.data", "ray.train", "ray.tune")
+
+
+def _quiet_driver() -> None:
+    """Ray Data's progress bars and Ray's execution messages off this driver's console (they
+    still go to the session's log files)."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def init_ray(config: RayConfig) -> None:
     """Connect once. A job submitted with `ray job submit` finds its cluster through RAY_ADDRESS."""
     import ray
@@ -57,11 +71,14 @@ def init_ray(config: RayConfig) -> None:
     env = worker_env(dict(os.environ), config.forward_credentials)
     runtime_env = {"env_vars": env} if env else None
     address = config.address or os.environ.get("RAY_ADDRESS")
+    console = config.console if config.console is not None else bool(address)
+    if not console:
+        _quiet_driver()
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=console)
         return
     object_store = (config.object_store_memory_mb or 0) * 1024 * 1024 or None
-    ray.init(
+    context = ray.init(
         _system_config=local_system_config(config.num_cpus),
         # A new local Ray of our own, never one that another process left on this machine (ray
         # would join it through /tmp/ray/ray_current_cluster, and refuse our num_cpus).
@@ -70,6 +87,11 @@ def init_ray(config: RayConfig) -> None:
         object_store_memory=object_store,
         include_dashboard=False,
         runtime_env=runtime_env,
-        log_to_driver=True,
+        log_to_driver=console,
     )
-    log.info("started a local Ray with %s CPUs", config.num_cpus or os.cpu_count())
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    log.info(
+        "started a local Ray with %s CPUs%s",
+        config.num_cpus or os.cpu_count(),
+        f"; its logs: {os.path.join(session, 'logs')}" if session and not console else "",
+    )

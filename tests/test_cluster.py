@@ -518,3 +518,28 @@ def test_iam_policy_covers_every_s3_config():
     corpus = yaml.safe_load((CLUSTER / "configs" / "s3-clip.yaml").read_text())["corpus"]
     bucket, _, key = corpus[len("s3://") :].partition("/")
     assert not allows(policy, "s3:PutObject", f"arn:aws:s3:::{bucket}/{key}part-0.parquet")
+
+
+def _pins(name: str) -> dict[str, str]:
+    return {
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower(): line.split("==")[1]
+        for line in (REPO / name).read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+
+
+def test_the_production_lock_holds_no_test_tool_and_pyproject_pins_nothing():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    prod, dev = _pins("requirements.lock"), _pins("requirements-dev.lock")
+    assert not set(prod) & set(dev)
+    for tool in ("pytest", "moto", "ruff", "flask", "duckdb", "boto3", "simple-icd-10-cm"):
+        assert tool in dev and tool not in prod, tool
+    # Every dependency and demo encoder a job needs is pinned in the production lock.
+    for req in [*project["dependencies"], *project["optional-dependencies"]["demo"]]:
+        name = re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in prod, name
+        assert "==" not in req, f"{req}: pyproject.toml takes ranges; the lock files pin"
+    assert "requirements-dev" not in (REPO / "cluster" / "docker" / "Dockerfile").read_text()
+    assert (REPO / "adapt" / "py.typed").exists()

@@ -13,14 +13,16 @@ from adapt.rayutil import is_secret, worker_env
 
 SENTINEL = "sentinel-9f1c2e7a"
 DRIVER = """
-import os, ray
+import logging, os, ray
 from adapt.config import RayConfig
+logging.basicConfig(level=logging.INFO)
 from adapt.rayutil import init_ray
 
 init_ray(RayConfig(num_cpus=1, object_store_memory_mb=100, forward_credentials={forward}))
 
 @ray.remote(num_cpus=0.5)
 def seen():
+    print("WORKER-SAYS-hello")
     return {{k: os.environ.get(k) for k in ("ADAPT_PROBE", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN")}}, \\
         ray.get_runtime_context().runtime_env.get("env_vars", {{}})
 
@@ -84,6 +86,14 @@ def test_a_sentinel_secret_never_reaches_rays_logs_or_runtime_env():
         for p in Path(tmp_path).rglob("*")
         if p.is_file() and SENTINEL.encode() in p.read_bytes()
     ]
+    assert SENTINEL not in run.stdout + run.stderr
+    # A local Ray keeps the workers' output off the console, in its session's logs, whose folder
+    # the start-up line names.
+    assert "WORKER-SAYS" not in run.stdout + run.stderr
+    logs = run.stderr.split("its logs: ", 1)[1].split()[0]
+    assert logs.startswith(tmp_path) and logs.endswith("/logs")
+    assert any(
+        b"WORKER-SAYS-hello" in p.read_bytes() for p in Path(logs).rglob("*.out") if p.is_file()
+    )
     shutil.rmtree(tmp_path, ignore_errors=True)
     assert leaks == []
-    assert SENTINEL not in run.stdout + run.stderr

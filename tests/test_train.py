@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from adapt.config import load_config
 from adapt.embeddings import load_embeddings
 from adapt.layout import CARD_FILE
 from adapt.storage import Storage, join
-from adapt.train.artifact import load_head, save_head
+from adapt.train.artifact import EncoderMismatchError, load_head, save_head
 from adapt.train.fit import fit_head, project
 from adapt.train.io import search_rows
 from adapt.train.plan import plan_run
@@ -233,6 +234,22 @@ def test_local_run_round_trip_and_rerun(tmp_path):
     again = run_train(config)
     assert again.skipped and again.run_id == result.run_id
     assert "already complete" in again.describe()
+    # A copied heads/ folder loads its own copy of the run, with the original gone.
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run" / "heads", copy / "heads")
+    shutil.rmtree(tmp_path / "run" / "heads" / result.run_id)
+    moved = load_head(str(copy))
+    assert moved.uri == str(copy / "heads" / result.run_id)
+    with pytest.raises(FileNotFoundError, match="holds no completed head"):
+        load_head(out)
+    # Embeddings of another encoder are refused, with both named; another dtype or library
+    # version is the same space.
+    fps = card["embeddings"]["fingerprints"]
+    other = {**fps, "text": {**fps["text"], "encoder": "hf:other", "weights": "w2"}}
+    with pytest.raises(EncoderMismatchError, match="hf:other.*differ in weights"):
+        load_head(str(copy), fingerprints=other)
+    same = {**fps, "text": {**fps["text"], "dtype": "bfloat16", "versions": {"torch": "9"}}}
+    assert load_head(str(copy), fingerprints=same).uri == moved.uri
 
 
 def test_local_search_chooses_settings_and_a_rerun_reuses_the_choice(tmp_path):

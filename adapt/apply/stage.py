@@ -61,8 +61,10 @@ def apply_head(
 
     t0 = time.perf_counter()
     run = resolve_head_uri(store, head_uri)
-    applied = load_head(run, store)
     manifest = read_manifest(store, embeddings_output)
+    applied = load_head(
+        run, store, manifest.get("fingerprints"), layout.embeddings_dir(embeddings_output)
+    )
     sources = {r["embeddings_file"]: r for r in manifest["shards"] if r.get("embeddings_file")}
     done = _done(store, dest, sources)
     todo = [f for f in sources if f not in done]

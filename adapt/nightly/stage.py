@@ -239,7 +239,8 @@ def _compare(
             del meta
             rows[root] = (holdout, holdout.load(store, root))
         holdout, emb = rows[root]
-        out[name] = holdout.score(emb, load_head(head_uri, store), nc.classifiers, nc.metric)
+        head = load_head(head_uri, store, emb.manifest.get("fingerprints"), root)
+        out[name] = holdout.score(emb, head, nc.classifiers, nc.metric)
     return out, {root: holdout for root, (holdout, _) in rows.items()}
 
 

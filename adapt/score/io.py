@@ -45,15 +45,19 @@ def input_fingerprint(store: Storage, output: str, emb: Embeddings, from_output:
 
 
 def load_heads(
-    store: Storage, uris: list[str], features: dict[str, np.ndarray]
+    store: Storage,
+    uris: list[str],
+    features: dict[str, np.ndarray],
+    fingerprints: dict | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Apply each given head to every row once; names are unique and safe for report keys."""
+    """Apply each given head to every row once; names are unique and safe for report keys.
+    `fingerprints`: the embeddings' encoders, which must be each head's (`check_encoders`)."""
     # Imported here: a head needs torch, which a score run without given heads does without.
     from adapt.train.artifact import load_head
 
     arrays, meta, used = {}, [], set()
     for uri in uris:
-        head = load_head(uri, store)
+        head = load_head(uri, store, fingerprints, "the embeddings scored")
         card = getattr(head, "card", None)
         if isinstance(card, dict):  # the per-epoch history and weights layout stay in the card
             card = {k: v for k, v in card.items() if k not in ("history", "head", "versions")}

@@ -143,7 +143,11 @@ def run_score(
         inputs = input_fingerprint(store, config.output, emb, from_output=False)
     else:
         emb, tasks, inputs = _read_sampled(config, store)
-    head_arrays, heads_meta = load_heads(store, sc.heads, emb.features) if sc.heads else ({}, [])
+    head_arrays, heads_meta = (
+        load_heads(store, sc.heads, emb.features, emb.manifest.get("fingerprints"))
+        if sc.heads
+        else ({}, [])
+    )
     plan = make_plan(config, emb, head_arrays, tasks)
     run_id = sc.run_id or new_run_id()
     log.info(

@@ -29,7 +29,7 @@ import torch
 from adapt import __version__ as adapt_version
 from adapt import layout, schema
 from adapt.embeddings import fixed_size_to_numpy
-from adapt.storage import Storage
+from adapt.storage import Storage, join
 from adapt.train.fit import FitResult, InputNorm, project
 from adapt.train.heads import MultiHead
 from adapt.train.io import from_safetensors, prefixed, to_safetensors
@@ -120,16 +120,30 @@ def save_head(store: Storage, uri: str, fit: FitResult, card: dict) -> dict:
 
 
 def write_latest(store: Storage, output: str, run_id: str, card: dict) -> str:
+    """Point heads/latest.json at the run: by its folder name, relative to heads/, so that a copied
+    or moved heads/ folder points at its own copy of the run."""
     uri = layout.latest_head(output)
     store.write_json(
         uri,
-        {
-            "run_id": run_id,
-            "head": layout.head_dir(output, run_id),
-            "created_at": card.get("created_at"),
-        },
+        {"run_id": run_id, "path": run_id, "created_at": card.get("created_at")},
     )
     return uri
+
+
+def _pointed(store: Storage, pointer: str, latest: dict) -> str:
+    """The run folder a latest.json names: its `path`, relative to the pointer's folder. A pointer
+    written before the path was relative names an absolute `head`: a run folder of that name
+    beside the pointer wins over it (the folder was copied), then the absolute one."""
+    here = pointer.rsplit("/", 1)[0]
+    name = latest.get("path") or latest.get("run_id")
+    if name and store.exists(layout.head_card(join(here, name))):
+        return join(here, name)
+    if latest.get("head") and store.exists(layout.head_card(latest["head"])):
+        return latest["head"]
+    raise HeadNotFoundError(
+        f"{pointer} names run {name!r}, but {join(here, str(name))} holds no completed head "
+        f"({layout.CARD_FILE} missing): the heads folder was copied in part, or the run removed"
+    )
 
 
 def resolve_head_uri(store: Storage, uri: str) -> str:
@@ -142,7 +156,7 @@ def resolve_head_uri(store: Storage, uri: str) -> str:
     for pointer in (layout.latest_head(uri), layout.latest_pointer(uri)):
         latest = store.read_json_or_none(pointer)
         if latest:
-            return latest["head"]
+            return _pointed(store, pointer, latest)
     raise HeadNotFoundError(
         f"no completed head at {uri!r} (no {layout.CARD_FILE} there, no "
         f"heads/{layout.LATEST_FILE} under it): "
@@ -202,13 +216,49 @@ class AppliedHead:
         )
 
 
-def load_head(uri: str, store: Storage | None = None) -> AppliedHead:
-    """Load a completed head: a heads/<run-id> folder, its head.safetensors, or an output root."""
+# What makes two encoders' embeddings the same space: the fingerprint less the encoder's name (a
+# model folder may move), its dtype and the library versions (float32 round-off apart, the same
+# vectors).
+SAME_SPACE = ("modality", "weights", "preprocess", "pooling", "normalize", "dim")
+
+
+class EncoderMismatchError(ValueError):
+    """The embeddings come from other encoders than the head was trained on."""
+
+
+def check_encoders(card: dict, fingerprints: dict | None, where: str) -> None:
+    """Raise EncoderMismatchError unless each modality of the head's training embeddings came from
+    the same encoder (`SAME_SPACE`) as the embeddings in `where` (its manifest's `fingerprints`).
+    A head or manifest without fingerprints is not checked."""
+    trained = (card.get("embeddings") or {}).get("fingerprints") or {}
+    for modality in sorted(set(trained) & set(fingerprints or {})):
+        a, b = trained[modality], fingerprints[modality]
+        differ = [k for k in SAME_SPACE if a.get(k) != b.get(k)]
+        if differ:
+            raise EncoderMismatchError(
+                f"head {card.get('run_id')!r} was trained on {modality} embeddings of "
+                f"{a.get('encoder')!r} (weights {a.get('weights')}), but {where} holds {modality} "
+                f"embeddings of {b.get('encoder')!r} (weights {b.get('weights')}); they differ in "
+                f"{', '.join(differ)}. Its projections of them would be meaningless: extract with "
+                "the head's encoders, or train a head on these embeddings"
+            )
+
+
+def load_head(
+    uri: str,
+    store: Storage | None = None,
+    fingerprints: dict | None = None,
+    where: str = "the embeddings",
+) -> AppliedHead:
+    """Load a completed head: a heads/<run-id> folder, its head.safetensors, or an output root.
+    With `fingerprints` (an embeddings manifest's), check that they are the head's encoders'
+    (`check_encoders`; `where` names those embeddings in the error)."""
     store = store or Storage()
     run = resolve_head_uri(store, uri)
     card = store.read_json_or_none(layout.head_card(run)) or {}
     if not card:
         raise HeadNotFoundError(f"{layout.head_card(run)} is missing: the run did not complete")
+    check_encoders(card, fingerprints, where)
     data = store.read_bytes(layout.head_weights(run))
     expected = card.get("weights", {}).get("sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
