@@ -27,6 +27,7 @@ import yaml
 
 from adapt import __version__
 from adapt.config import ConfigError, load_config
+from adapt.rayutil import is_secret
 
 # Stage name -> "module:function"; each function takes a Config and returns a printable summary.
 STAGES = {
@@ -77,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# Keys whose values are never printed, and credentials inside a URL (scheme://user:secret@host).
-_SECRET_KEY = re.compile(r"(secret|password|token|credential|api_?key|access_?key)", re.I)
+# Keys whose values are never printed: the names `rayutil.is_secret` keeps from workers, and API or
+# access keys; and credentials inside a URL (scheme://user:secret@host).
+_KEY_SECRET = re.compile(r"(api_?key|access_?key)", re.I)
 _URL_SECRET = re.compile(r"(://[^/:@]+:)[^/@]+@")
 
 
@@ -89,7 +91,7 @@ def masked(value, key: str = ""):
     if isinstance(value, list):
         return [masked(v, key) for v in value]
     if isinstance(value, str):
-        if _SECRET_KEY.search(key) and value:
+        if (is_secret(key) or _KEY_SECRET.search(key)) and value:
             return "***"
         return _URL_SECRET.sub(r"\1***@", value)
     return value

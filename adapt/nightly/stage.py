@@ -203,18 +203,16 @@ def check_health(
     """Health of the rows tonight embedded (the shards it redid, one file at a time, against last
     night's rows of the same shards), plus a re-embedding of a few stored rows of the first shard
     to check determinism. The other shards' rows were checked on the night that wrote them."""
+    files = {k: r.get("embeddings_file") for k, r in committed.items() if r}
     health = Health(previous)
     for shard in todo.pending:
-        file = (committed.get(shard.key) or {}).get("embeddings_file")
-        if file:
-            health.add(load_embeddings(store, root, files=[file]))
+        if files.get(shard.key):
+            health.add(load_embeddings(store, root, files=[files[shard.key]]))
     report = health.report()
     report["scope"] = "rows of the shards embedded tonight"
-    first = next(
-        (s for s in todo.shards if (committed.get(s.key) or {}).get("embeddings_file")), None
-    )
+    first = next((s for s in todo.shards if files.get(s.key)), None)
     if config.nightly.probe_rows > 0 and first is not None:
-        probe = _probe(config, store, root, first, committed[first.key]["embeddings_file"])
+        probe = _probe(config, store, root, first, files[first.key])
         report["probe"] = probe["probe"]
         report["flags"] += probe["flags"]
         report["healthy"] = not report["flags"]
