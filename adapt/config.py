@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from adapt import classifiers
 from adapt import encoders as encoder_registry
@@ -904,6 +912,9 @@ class ApplyConfig(Strict):
 class Config(Strict):
     """A whole job configuration; each stage reads the top-level keys and its own section."""
 
+    # The file it was loaded from, for the commands a report suggests; not part of the config.
+    _source: str | None = PrivateAttr(default=None)
+
     corpus: str = Field(description="URI of the input corpus (local path or s3://bucket/prefix).")
     output: str = Field(description="URI of the root every stage writes under.")
     encoders: dict[Modality, EncoderSpec] = Field(
@@ -1050,6 +1061,8 @@ def load_config(
         raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
     data = apply_overrides(copy.deepcopy(data), overrides)  # never edit the caller's dicts
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_errors(e, Config, source)) from e
+    config._source = str(path) if path else None
+    return config

@@ -29,6 +29,7 @@ CARD_FILE = "card.json"
 LATEST_FILE = "latest.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 PREDICTIONS_FILE = "predictions.npz"
 
 

@@ -1,4 +1,5 @@
-"""Uncertainty: bootstrap intervals of a mean over folds and of paired gains over test rows.
+"""Uncertainty: intervals of a mean over folds and paired bootstrap intervals of gains over test
+rows.
 
 A gain between two representations is judged on the same test rows for both sides: each
 resample draws the rows once and scores both predictions on that draw (`paired_gain_ci`,
@@ -33,20 +34,31 @@ def _interval(point: float, stats: np.ndarray, alpha: float) -> dict[str, float]
     return {"mean": float(point), "lo": float(lo), "hi": float(hi)}
 
 
-def bootstrap_mean_ci(
-    values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+def folds_mean_ci(
+    values: Sequence[float], test_train_ratio: float | None = None, alpha: float = 0.05
 ) -> dict[str, float]:
-    """Percentile bootstrap CI of the mean of `values` (e.g. a metric over folds).
+    """Interval of the mean of a metric over a few folds (3 to 10): Student t with n - 1 degrees
+    of freedom, its variance widened by Nadeau and Bengio's correction (1/n + n_test/n_train)
+    because folds share training rows and their scores are not independent.
 
-    Returns {"mean": the plain mean, "lo", "hi"}. With five folds this interval is rough; prefer
-    `paired_gain_ci` to judge a gain.
+    `test_train_ratio` is n_test / n_train of the folds (1 / (k - 1) for k-fold); None gives the
+    plain t interval. The bounds are clipped to [0, 1], the range of every metric it is used for.
+    One value gives lo = hi = the value: no spread is measured.
     """
-    _check_bootstrap(n_boot, alpha)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), e.g. 0.05 for a 95% interval; got {alpha!r}")
     v = np.asarray(values, dtype=float).ravel()
     if len(v) == 0 or not np.isfinite(v).all():
         raise ValueError(f"need one or more finite values, got {v.tolist()}")
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
-    return _interval(v.mean(), v[idx].mean(axis=1), alpha)
+    mean = float(v.mean())
+    if len(v) == 1:
+        return {"mean": mean, "lo": mean, "hi": mean}
+    from scipy.stats import t
+
+    n = len(v)
+    factor = 1 / n + (test_train_ratio or 0.0)
+    half = float(t.ppf(1 - alpha / 2, n - 1) * math.sqrt(factor * v.var(ddof=1)))
+    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half)}
 
 
 def paired_gain_ci(
@@ -187,17 +199,23 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float | np.number) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _test_train_ratio(rows: Sequence[dict[str, Any]]) -> float | None:
+    sizes = [(r["n_test"], r["n_train"]) for r in rows if r.get("n_test") and r.get("n_train")]
+    if not sizes:
+        return None
+    return float(np.mean([a for a, _ in sizes]) / np.mean([b for _, b in sizes]))
+
+
 def aggregate(
     rows: Sequence[dict[str, Any]],
     group_keys: Sequence[str] = GROUP_KEYS,
-    n_boot: int = 1000,
     alpha: float = 0.05,
-    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per group (fold="mean") from per-fold result rows, in first-seen order.
 
     For macro_f1 and micro_f1: the mean, `{m}_std` (sample std over folds, None for one fold), and
-    `{m}_lo` / `{m}_hi` (bootstrap CI of the mean over folds). accuracy, auroc, fit_s and
+    `{m}_lo` / `{m}_hi` (`folds_mean_ci`: corrected t interval over folds, its ratio from the
+    rows' n_test / n_train where they have them). accuracy, auroc, fit_s and
     predict_s: plain means. Folds whose metric is missing, None or NaN (failed cells) are left out
     of that metric; n_folds counts the folds with a macro_f1. Rows with fold="mean" are skipped,
     so aggregating already aggregated rows adds nothing. Add keys to `group_keys` when rows differ
@@ -222,7 +240,7 @@ def aggregate(
             if not values:
                 agg.update({m: None, f"{m}_std": None, f"{m}_lo": None, f"{m}_hi": None})
                 continue
-            ci = bootstrap_mean_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+            ci = folds_mean_ci(values, _test_train_ratio(members), alpha)
             agg[m] = ci["mean"]
             agg[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
             agg[f"{m}_lo"] = ci["lo"]

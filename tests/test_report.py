@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from adapt.score.io import write_report
+from adapt.score.report.html import render_html
 from adapt.score.report.markdown import headline, render_markdown
-from adapt.score.report.plots import plot_embedding_2d, plot_scores
+from adapt.score.report.plots import plot_confusion, plot_embedding_2d, plot_gains, plot_scores
 from adapt.score.report.schema import REPORT_SCHEMA, SCHEMA_VERSION, validate_report
 from adapt.storage import Storage
 
@@ -137,6 +138,43 @@ def report() -> dict:
                 "scores": {"projected:single": 0.8},
                 "by_classifier": {"cart": {"representation": "projected:single", "score": 0.8}},
                 "basis": "validation only",
+                "pair": {
+                    "representation": "projected:single",
+                    "classifier": "knn",
+                    "score": 0.8,
+                    "best_on_validation": ["projected:single", "knn"],
+                },
+            }
+        },
+        "pair_verdict": {
+            "label": {
+                "baseline_pair": ["raw:text", "cart"],
+                "baseline_kind": "any classifier",
+                "mean": 0.3,
+                "lo": 0.2,
+                "hi": 0.4,
+                "candidate_score": 0.8,
+                "baseline_score": 0.5,
+                "n_rows": 40,
+                "n_folds": 2,
+            }
+        },
+        "confusion": {
+            "label": {
+                "representation": "projected:single",
+                "classifier": "knn",
+                "matrix": [[16.0, 4.0], [3.0, 17.0]],
+                "n_rows": 40,
+                "n_fits": 1,
+            }
+        },
+        "deploy": {
+            "label": {
+                "representation": "projected:single",
+                "classifier": "knn",
+                "head": None,
+                "commands": ["adapt train --config c.yaml --set train.mode=single"],
+                "note": "no head under o yet: train one",
             }
         },
         "folds": [],
@@ -187,6 +225,18 @@ def test_headline_and_markdown(report):
     assert "**Recommended: `projected:single`**" in md and "never from test rows" in md
     assert "![f1_by_representation.png](f1_by_representation.png)" in md
     assert "chose their settings by a search" not in md  # no fold searched
+    # The verdict first: the pair, its gap to the best raw pair on test rows, how to deploy it.
+    assert md.index("## Verdict") < md.index("## How to read it")
+    assert (
+        "- Task `label`: **use `projected:single` + `knn`**. Test macro_f1 0.800 against 0.500 "
+        "for the best raw pair `raw:text` + `cart` (any classifier): +0.300 [+0.200, +0.400] over "
+        "40 pooled rows, better than the best raw pair: the 95% interval is above zero." in md
+    )
+    assert "Run `adapt train --config c.yaml --set train.mode=single`." in md
+    # Per class: F1 beside the raw pair's, and the class each is most often mistaken for.
+    assert "| a | 20 | 0.800 | 0.500 | b (20% of its rows) |" in md
+    assert "| b | 20 | 0.800 | 0.500 | a (15% of its rows) |" in md
+    assert "## Time" in md and "cart 0.10 s" in md
 
 
 def test_markdown_says_what_the_in_fold_searches_chose(report):
@@ -206,8 +256,9 @@ def test_markdown_says_what_the_in_fold_searches_chose(report):
 
 
 def test_plots_are_pngs(report):
-    png = plot_scores(report)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in (plot_scores(report), plot_gains(report), plot_confusion(report)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_confusion({**report, "confusion": {}}) is None
     rng = np.random.default_rng(0)
     samples = {
         "raw:text": (rng.normal(size=(30, 5)), rng.integers(0, 2, 30)),
@@ -229,7 +280,14 @@ class RecordingStorage(Storage):
 def test_write_report_validates_and_writes_json_last(tmp_path, report):
     store = RecordingStorage()
     written = write_report(store, str(tmp_path / "r1"), report)
-    assert store.order == ["f1_by_representation.png", "report.md", "report.json"]
+    assert store.order == [
+        "f1_by_representation.png",
+        "gains.png",
+        "confusion.png",
+        "report.md",
+        "report.html",
+        "report.json",
+    ]
     assert [p.rsplit("/", 1)[-1] for p in written] == store.order
     assert json.loads((tmp_path / "r1" / "report.json").read_text()) == report
     bad = copy.deepcopy(report)
@@ -237,3 +295,14 @@ def test_write_report_validates_and_writes_json_last(tmp_path, report):
     with pytest.raises(ValueError, match="gains"):
         write_report(store, str(tmp_path / "r2"), bad)
     assert not (tmp_path / "r2").exists()  # nothing written for an invalid report
+
+
+def test_html_is_one_self_contained_page(report):
+    md = render_markdown(report, ["gains.png"])
+    page = render_html(md, "Score report r1", {"gains.png": b"\x89PNG-bytes"})
+    assert page.startswith("<!DOCTYPE html>") and "<title>Score report r1</title>" in page
+    assert '<img src="data:image/png;base64,iVBORy1ieXRlcw==" alt="gains.png"' in page
+    assert "<table>" in page and "<h2>Verdict</h2>" in page
+    # Text from the data is escaped, never raw HTML.
+    hostile = render_html("a <script>alert(1)</script> b", "t", {})
+    assert "<script>" not in hostile and "&lt;script&gt;" in hostile

@@ -515,13 +515,9 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
 
     (run_dir,) = (tmp_path / "out" / "reports").iterdir()
     files = {p.name: p for p in run_dir.iterdir()}
-    assert set(files) == {
-        "report.json",
-        "report.md",
-        "f1_by_representation.png",
-        "embedding_2d.png",
-    }
-    for png in ("f1_by_representation.png", "embedding_2d.png"):
+    plots = ("f1_by_representation.png", "gains.png", "confusion.png", "embedding_2d.png")
+    assert set(files) == {"report.json", "report.md", "report.html", *plots}
+    for png in plots:
         assert files[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (
         max(p.stat().st_mtime_ns for p in files.values()) == files["report.json"].stat().st_mtime_ns
@@ -560,6 +556,11 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
     assert any(g["lo"] > 0 for g in wins), wins
     means = {
         (r["representation"], r["classifier"]): r["macro_f1"]
+        for r in report["results"]
+        if r["fold"] == "mean"
+    }
+    means_acc = {
+        (r["representation"], r["classifier"]): r["accuracy"]
         for r in report["results"]
         if r["fold"] == "mean"
     }
@@ -616,6 +617,29 @@ def test_score_job_on_ray_projection_beats_raw_for_trees(tmp_path, ray_local, ca
     assert pooled_base == pytest.approx(raw_pairs[tuple(verdict["baseline_pair"])], abs=0.02)
     assert verdict["mean"] == pytest.approx(verdict["candidate_score"] - verdict["baseline_score"])
     assert "**Recommended pair** to deploy: `" in md and "best raw pair" in md
+    # The verdict comes first, then the evidence.
+    rep, clf = pair["representation"], pair["classifier"]
+    assert md.index("## Verdict") < md.index("## How to read it") < md.index("## Task `label`")
+    assert f"**use `{rep}` + `{clf}`**" in md
+    # How to deploy it: no head for a raw pair; a head folder or the commands that build one.
+    deploy = report["deploy"]["label"]
+    assert (deploy["representation"], deploy["classifier"]) == (rep, clf)
+    if rep.startswith("raw:"):
+        assert deploy["head"] is None and deploy["commands"] == [] and "no head" in deploy["note"]
+    else:
+        assert any(str(cfg_path) in c for c in deploy["commands"]), deploy
+    # The pair's confusion on the pooled test rows: every row once, in its true class's row.
+    conf = report["confusion"]["label"]
+    matrix = np.asarray(conf["matrix"])
+    counts = report["tasks"][0]["class_counts"]
+    assert conf["n_rows"] == 480 and matrix.sum() == pytest.approx(480)
+    assert matrix.sum(axis=1) == pytest.approx(list(counts.values()))
+    accuracy = np.trace(matrix) / 480
+    assert accuracy == pytest.approx(means_acc[(rep, clf)], abs=0.01)
+    assert "### Per class: `" in md and "most often mistaken for" in md
+    page = files["report.html"].read_text()
+    assert page.count("data:image/png;base64,") == len(plots) and 'src="gains.png"' not in page
+    assert "<table>" in page and "<h2>Verdict</h2>" in page
 
 
 def test_failing_cells_are_reported_not_fatal(tmp_path, corpus):

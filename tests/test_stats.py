@@ -1,4 +1,4 @@
-"""Bootstrap intervals (adapt.stats): means over folds, paired gains, aggregation of fold rows."""
+"""Intervals (adapt.stats): means over folds, paired gains, aggregation of fold rows."""
 
 from __future__ import annotations
 
@@ -6,19 +6,28 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from adapt.stats import aggregate, bootstrap_mean_ci, paired_gain_ci, paired_mean_gain_ci
+from adapt.stats import aggregate, folds_mean_ci, paired_gain_ci, paired_mean_gain_ci
 
 
-def test_bootstrap_mean_ci():
-    values = [0.71, 0.74, 0.69, 0.77, 0.72]
-    ci = bootstrap_mean_ci(values, seed=4)
-    assert ci["mean"] == pytest.approx(np.mean(values))
-    assert ci["lo"] <= ci["mean"] <= ci["hi"]
-    assert ci["lo"] >= min(values) and ci["hi"] <= max(values)
-    assert bootstrap_mean_ci(values, seed=4) == ci
-    assert bootstrap_mean_ci([0.5]) == {"mean": 0.5, "lo": 0.5, "hi": 0.5}
+def test_folds_mean_ci():
+    values = [0.71, 0.74, 0.69]
+    plain = folds_mean_ci(values)
+    # Student t with 2 degrees of freedom: mean +- 4.303 * s / sqrt(3)
+    half = 4.302653 * np.std(values, ddof=1) / np.sqrt(3)
+    assert plain["mean"] == pytest.approx(np.mean(values))
+    assert plain["lo"] == pytest.approx(np.mean(values) - half, abs=1e-5)
+    assert plain["hi"] == pytest.approx(np.mean(values) + half, abs=1e-5)
+    # 3-fold CV trains on twice the rows it tests on: the correction adds 1/2 to 1/3
+    corrected = folds_mean_ci(values, test_train_ratio=0.5)
+    assert corrected["hi"] - corrected["mean"] == pytest.approx(half * np.sqrt(2.5), abs=1e-5)
+    # wider than the spread of the values, unlike a bootstrap of three values
+    assert corrected["lo"] < min(values) and corrected["hi"] > max(values)
+    assert folds_mean_ci([0.98, 0.99, 0.90])["hi"] == 1.0  # clipped to the metric's range
+    assert folds_mean_ci([0.5]) == {"mean": 0.5, "lo": 0.5, "hi": 0.5}
     with pytest.raises(ValueError, match="finite"):
-        bootstrap_mean_ci([])
+        folds_mean_ci([])
+    with pytest.raises(ValueError, match="alpha"):
+        folds_mean_ci(values, alpha=1.5)
 
 
 def _noisy_predictions(y, error_rate, n_classes, rng):
@@ -142,6 +151,8 @@ def test_aggregate():
                     "micro_f1": base + 0.02,
                     "auroc": None,
                     "fit_s": 1.0,
+                    "n_train": 400,
+                    "n_test": 100,
                 }
             )
     rows.append(
@@ -160,7 +171,8 @@ def test_aggregate():
     assert raw["fold"] == "mean" and raw["n_folds"] == 5
     assert raw["macro_f1"] == pytest.approx(0.72)
     assert raw["macro_f1_std"] == pytest.approx(np.std([0.70, 0.71, 0.72, 0.73, 0.74], ddof=1))
-    assert raw["macro_f1_lo"] <= raw["macro_f1"] <= raw["macro_f1_hi"]
+    expected = folds_mean_ci([0.70, 0.71, 0.72, 0.73, 0.74], test_train_ratio=0.25)
+    assert (raw["macro_f1_lo"], raw["macro_f1_hi"]) == (expected["lo"], expected["hi"])
     assert raw["micro_f1"] == pytest.approx(0.72) and raw["micro_f1_std"] == pytest.approx(0.0)
     assert raw["auroc"] is None and raw["fit_s"] == 1.0
     assert aggregate(rows + out) == out  # aggregated rows are skipped

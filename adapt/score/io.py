@@ -16,8 +16,9 @@ import numpy as np
 from adapt import layout
 from adapt.embeddings import Embeddings
 from adapt.score.plan import ScorePlan
+from adapt.score.report.html import render_html
 from adapt.score.report.markdown import render_markdown
-from adapt.score.report.plots import plot_embedding_2d, plot_scores
+from adapt.score.report.plots import plot_confusion, plot_embedding_2d, plot_gains, plot_scores
 from adapt.score.report.schema import validate_report
 from adapt.score.representations import HEAD
 from adapt.storage import Storage
@@ -145,20 +146,31 @@ def write_report(
     samples: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     plots: bool = True,
 ) -> list[str]:
-    """Validate, then write plots, report.md and, last, report.json; return the URIs written."""
+    """Validate, then write plots, report.md, report.html (plots embedded) and, last,
+    report.json; return the URIs written."""
     validate_report(report)
-    written, names = [], []
+    written, figures = [], {}
     if plots:
-        figures = {"f1_by_representation.png": plot_scores(report)}
+        figures = {
+            "f1_by_representation.png": plot_scores(report),
+            "gains.png": plot_gains(report),
+        }
+        confusion = plot_confusion(report)
+        if confusion:
+            figures["confusion.png"] = confusion
         if samples:
             figures["embedding_2d.png"] = plot_embedding_2d(samples, report["tasks"][0])
         for name, data in figures.items():
             uri = layout.report_file(report_dir, name)
             store.write_bytes(uri, data)
             written.append(uri)
-            names.append(name)
+    markdown = render_markdown(report, list(figures))
     uri = layout.report_file(report_dir, layout.REPORT_MD)
-    store.write_bytes(uri, render_markdown(report, names).encode())
+    store.write_bytes(uri, markdown.encode())
+    written.append(uri)
+    uri = layout.report_file(report_dir, layout.REPORT_HTML)
+    page = render_html(markdown, f"Score report {report['run_id']}", figures)
+    store.write_bytes(uri, page.encode())
     written.append(uri)
     uri = layout.report_file(report_dir, layout.REPORT_JSON)
     store.write_json(uri, report)  # last: the completion marker

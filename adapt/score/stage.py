@@ -28,6 +28,7 @@ from adapt import layout
 from adapt.classifiers import make_classifier, seed_dependent
 from adapt.config import Config, ScoreConfig
 from adapt.embeddings import Embeddings, load_embeddings
+from adapt.score.deploy import deployment
 from adapt.score.io import (
     input_fingerprint,
     json_default,
@@ -164,7 +165,8 @@ def run_score(
     t_sum = time.perf_counter()
     summary = summarise(plan, outcome.rows, outcome.preds, sc)
     timings = {**outcome.timings, "summary_s": time.perf_counter() - t_sum}
-    report = _report(config, run_id, inputs, heads_meta, plan, outcome, summary, timings)
+    timings["before_write_s"] = time.perf_counter() - t0
+    report = _report(config, store, run_id, inputs, heads_meta, plan, outcome, summary, timings)
     report_dir = layout.report_dir(config.output, run_id)
     t_write = time.perf_counter()
     files = []
@@ -199,6 +201,7 @@ def cell_notes(rows: list[dict]) -> list[dict]:
 
 def _report(
     config: Config,
+    store: Storage,
     run_id: str,
     inputs: dict,
     heads_meta: list[dict],
@@ -248,6 +251,15 @@ def _report(
         "recommendation": summary["recommendation"],
         # The recommended pair against the best raw pair, on the test rows.
         "pair_verdict": summary["pair_verdict"],
+        "confusion": summary["confusion"],
+        "deploy": deployment(
+            config,
+            store,
+            [t.meta() for t in plan.tasks],
+            summary["recommendation"],
+            heads_meta,
+            plan.pca_k,
+        ),
         "folds": outcome.fold_info,
         "notes": cell_notes(outcome.rows),
         "failures": [

@@ -37,11 +37,11 @@ def _mean_per_class(members: list[dict]) -> dict[str, float | None]:
     return {c: (float(np.mean(v)) if v else None) for c, v in out.items()}
 
 
-def mean_rows(rows: list[dict], n_boot: int, alpha: float, seed: int) -> list[dict]:
+def mean_rows(rows: list[dict], alpha: float) -> list[dict]:
     """One fold="mean" row per (task, representation, classifier): `aggregate` (mean,
-    std and bootstrap interval over folds) plus the mean per-class F1 and the dims."""
+    std and corrected t interval over folds) plus the mean per-class F1 and the dims."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    means = aggregate(ok, n_boot=n_boot, alpha=alpha, seed=seed) if ok else []
+    means = aggregate(ok, alpha=alpha) if ok else []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["representation"], r["classifier"]), []).append(r)
@@ -413,14 +413,37 @@ def recommend(
     return out
 
 
+def confusion(pool: Pool, pair: tuple[str, str], n_classes: int) -> dict | None:
+    """The pair's confusion matrix on the pooled test rows (rows: true class, columns: predicted),
+    counts averaged over its fits; None for multilabel tasks or when a fold lacks predictions."""
+    if pool.task_type not in ("binary", "multiclass"):
+        return None
+    folds = list(pool.y_true)
+    if not folds or not all((pool.task, *pair, f) in pool.preds for f in folds):
+        return None
+    y_true = np.concatenate([pool.y_true[f] for f in folds]).astype(np.int64)
+    fits = pool.pooled(*pair, folds).astype(np.int64)
+    matrix = np.zeros((n_classes, n_classes))
+    for pred in fits:
+        np.add.at(matrix, (y_true, pred), 1.0)
+    return {
+        "representation": pair[0],
+        "classifier": pair[1],
+        "matrix": (matrix / len(fits)).tolist(),
+        "n_rows": len(y_true),
+        "n_fits": len(fits),
+    }
+
+
 def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -> dict:
     """Every answer the report gives from a run's cell rows and predictions: the test and
     validation rows, their means over folds, the gains per classifier and averaged over
-    classifiers, and the recommendation (validation cells only)."""
+    classifiers, the recommendation (validation cells only), and the recommended pair against
+    the best raw pair and its confusion matrix on the test rows."""
     test_rows = [r for r in rows if isinstance(r["fold"], int)]
     val_rows = [r for r in rows if not isinstance(r["fold"], int)]
-    means = mean_rows(test_rows, sc.n_boot, sc.alpha, sc.seed)
-    val_means = mean_rows(val_rows, sc.n_boot, sc.alpha, sc.seed)
+    means = mean_rows(test_rows, sc.alpha)
+    val_means = mean_rows(val_rows, sc.alpha)
     grid = (plan.tasks, plan.folds, preds, means, plan.representations, plan.classifiers)
     pools = {t.name: Pool.from_folds(t, validation_folds(plan, t.name), preds) for t in plan.tasks}
     recommendation = (
@@ -435,7 +458,7 @@ def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -
         if sc.validation_folds
         else {}
     )
-    verdicts = {}
+    verdicts, confusions = {}, {}
     for task in plan.tasks:
         pair = recommendation.get(task.name, {}).get("pair")
         if pair:
@@ -445,6 +468,11 @@ def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -
             verdicts[task.name] = pair_verdict(
                 pair, _table(means, task.name, sc.metric), test_pool, sc
             )
+            matrix = confusion(
+                test_pool, (pair["representation"], pair["classifier"]), len(task.classes)
+            )
+            if matrix:
+                confusions[task.name] = matrix
     return {
         "test_rows": test_rows,
         "validation_rows": val_rows,
@@ -454,4 +482,5 @@ def summarise(plan: ScorePlan, rows: list[dict], preds: dict, sc: ScoreConfig) -
         "mean_gains": gains(*grid, sc, per_classifier=False),
         "recommendation": recommendation,
         "pair_verdict": verdicts,
+        "confusion": confusions,
     }

@@ -207,9 +207,148 @@ def _tuned_lines(protocol: dict) -> list[str]:
     ]
 
 
+def _sureness(test: dict | None, level: str) -> str:
+    if not test or test.get("mean") is None:
+        return "not compared on the test rows"
+    if test["lo"] > 0:
+        return f"better than the best raw pair: the {level} interval is above zero"
+    if test["hi"] < 0:
+        return f"worse than the best raw pair on the test rows: the {level} interval is below zero"
+    return f"no clear difference from the best raw pair: the {level} interval spans zero"
+
+
+def _verdict_line(report: dict, t: dict) -> list[str]:
+    """One task's verdict: the pair to use, by how much and how sure on the test rows, why it
+    was chosen, and how to deploy it."""
+    protocol, name = report["protocol"], t["name"]
+    metric, level = protocol["metric"], f"{1 - protocol['alpha']:.0%}"
+    rec = report["recommendation"].get(name) or {}
+    pair = rec.get("pair")
+    if not pair:
+        basis = rec.get("basis", "no validation cells")
+        return [f"- Task `{name}`: no recommendation ({basis})."]
+    rep, clf = pair["representation"], pair["classifier"]
+    test = report.get("pair_verdict", {}).get(name)
+    line = f"- Task `{name}`: **use `{rep}` + `{clf}`**."
+    if test and test.get("mean") is not None:
+        base = test["baseline_pair"]
+        if base == [rep, clf]:
+            line += (
+                f" It is also the best raw pair on the test rows ({metric} "
+                f"{_fmt(test['candidate_score'])})."
+            )
+        else:
+            line += (
+                f" Test {metric} {_fmt(test['candidate_score'])} against "
+                f"{_fmt(test['baseline_score'])} for the best raw pair `{base[0]}` + `{base[1]}` "
+                f"({test['baseline_kind']}): {test['mean']:+.3f} "
+                f"[{test['lo']:+.3f}, {test['hi']:+.3f}] over {test['n_rows']} pooled rows, "
+                f"{_sureness(test, level)}."
+            )
+    why = "Chosen on validation rows only, never test rows"
+    if pair.get("kept_raw"):
+        best = pair["best_on_validation"]
+        why += (
+            f"; `{best[0]}` + `{best[1]}` scored higher on validation, but without a gain over "
+            "raw whose interval is above zero, so raw stays"
+        )
+    lines = [line + f" {why}."]
+    dep = report.get("deploy", {}).get(name)
+    if dep:
+        deploy = f"  Deploy: {dep['note']}."
+        if dep.get("commands"):
+            deploy += " Run " + ", then ".join(f"`{c}`" for c in dep["commands"]) + "."
+        lines.append(deploy)
+    return lines
+
+
+def _verdict(report: dict) -> list[str]:
+    lines = ["", "## Verdict", ""]
+    for t in report["tasks"]:
+        lines += _verdict_line(report, t)
+    return lines
+
+
+def _time_lines(report: dict) -> list[str]:
+    """Where the score stage spent its time, and each classifier's fit time per cell."""
+    timings = report.get("timings") or {}
+    parts = [
+        (k, timings.get(k))
+        for k in ("build_s", "submit_s", "cells_s", "summary_s", "before_write_s")
+    ]
+    names = {
+        "build_s": "folds prepared (PCA, in-fold heads)",
+        "submit_s": "cells submitted",
+        "cells_s": "cells",
+        "summary_s": "summary",
+        "before_write_s": "in all, before writing the report",
+    }
+    text = ", ".join(f"{names[k]} {v:.1f} s" for k, v in parts if v is not None)
+    fits: dict[str, list[float]] = {}
+    for r in report["results"]:
+        if r["fold"] != "mean" and r.get("fit_s") is not None:
+            fits.setdefault(r["classifier"], []).append(r["fit_s"])
+    per = ", ".join(f"{c} {sum(v) / len(v):.2f} s ({sum(v):.0f} s in all)" for c, v in fits.items())
+    lines = ["", "## Time", ""]
+    if text:
+        lines.append(f"- Score stage: {text}.")
+    if per:
+        lines.append(f"- Fit time per test cell, mean over cells: {per}.")
+    return lines if len(lines) > 3 else []
+
+
+def _per_class(report: dict, t: dict) -> list[str]:
+    """Per-class F1 of the recommended pair beside the best raw pair's, with the class each
+    class is most often mistaken for (confusion matrix on the pooled test rows)."""
+    name = t["name"]
+    pair = ((report["recommendation"].get(name) or {}).get("pair")) or {}
+    if not pair:
+        return []
+    means = _means(report, name)
+    mine = (means.get((pair["representation"], pair["classifier"])) or {}).get("per_class_f1")
+    if not mine:
+        return []
+    base = (report.get("pair_verdict", {}).get(name) or {}).get("baseline_pair")
+    theirs = ((means.get(tuple(base)) or {}).get("per_class_f1") or {}) if base else {}
+    conf = report.get("confusion", {}).get(name)
+    classes = list(t["class_counts"])
+    limit = 30
+    order = sorted(classes, key=lambda c: (mine.get(c) is None, mine.get(c) or 0.0))
+    shown = classes if len(classes) <= limit else order[:limit]
+    base_col = f"`{base[0]}` + `{base[1]}`" if base else "best raw pair"
+    lines = [
+        "",
+        f"### Per class: `{pair['representation']}` + `{pair['classifier']}` (test, mean F1 "
+        "over folds)",
+        "",
+    ]
+    if len(classes) > limit:
+        lines += [f"The {limit} classes with the lowest F1 of {len(classes)}.", ""]
+    lines += [
+        f"| class | rows | F1 | F1 of {base_col} | most often mistaken for |",
+        "|---|---|---|---|---|",
+    ]
+    for c in shown:
+        mistaken = "-"
+        if conf:
+            i = classes.index(c)
+            row = list(conf["matrix"][i])
+            total = sum(row)
+            row[i] = -1.0
+            j = max(range(len(row)), key=lambda k: row[k])
+            if total and row[j] > 0:
+                mistaken = f"{classes[j]} ({row[j] / total:.0%} of its rows)"
+        lines.append(
+            f"| {c} | {t['class_counts'][c]} | {_fmt(mine.get(c))} | {_fmt(theirs.get(c))} | "
+            f"{mistaken} |"
+        )
+    return lines
+
+
 def render_markdown(report: dict, plots: list[str] = ()) -> str:
-    """report.md: what a person reads to decide which representation to use."""
-    lines = _intro(report)
+    """report.md: what a person reads to decide which representation to use: the verdict
+    first, then the evidence."""
+    lines = _title(report) + _verdict(report) + _time_lines(report) + _intro(report)
     for t in report["tasks"]:
         lines += _task_section(report, t)
     notes = report.get("notes", [])
@@ -248,12 +387,10 @@ def _sample_lines(report: dict) -> list[str]:
     return lines
 
 
-def _intro(report: dict) -> list[str]:
-    """The title, the inputs, and how to read the numbers."""
-    protocol, inputs = report["protocol"], report.get("inputs", {})
-    metric = protocol["metric"]
-    level = f"{1 - protocol['alpha']:.0%}"
-    lines = [
+def _title(report: dict) -> list[str]:
+    """The title and the inputs."""
+    inputs = report.get("inputs", {})
+    return [
         f"# Score report {report['run_id']}",
         "",
         f"Created {report['created_at']} by adapt {report.get('adapt_version', '?')}. "
@@ -265,12 +402,23 @@ def _intro(report: dict) -> list[str]:
             else ""
         )
         + ".",
+    ]
+
+
+def _intro(report: dict) -> list[str]:
+    """How to read the numbers."""
+    protocol = report["protocol"]
+    metric = protocol["metric"]
+    level = f"{1 - protocol['alpha']:.0%}"
+    lines = [
         "",
         "## How to read it",
         "",
         f"- Protocol: stratified {protocol['scheme']} with {protocol['n_folds']} folds "
         f"(seed {protocol['seed']}); every representation is scored on the same folds. "
-        f"Numbers are `{metric}` means over folds with a {level} bootstrap interval over folds."
+        f"Numbers are `{metric}` means over folds; in brackets, a {level} interval of that mean "
+        "(Student t over the folds, widened by Nadeau and Bengio's correction because folds "
+        "share training rows; with few folds it is wide)."
         + (
             f" Only folds {protocol['only_folds']} were scored."
             if protocol.get("only_folds") is not None
@@ -327,6 +475,7 @@ def _task_section(report: dict, t: dict) -> list[str]:
             verdict = report.get("pair_verdict", {}).get(name)
             text = _pair_text(rec["pair"], verdict, protocol["metric"])
             lines.append(f"**Recommended pair** to deploy: {text}.")
+    lines += _per_class(report, t)
     means = _means(report, name)
     lines += _score_table(protocol, means)
     lines += _best_table(protocol, means)

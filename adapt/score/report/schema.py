@@ -234,7 +234,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             **_rows({"type": "integer", "minimum": 0}),
             "description": "test scores: one row per cell (fold = outer fold number) "
             "and one per (task, representation, classifier) with "
-            "fold = 'mean' (mean over folds, bootstrap interval lo/hi)",
+            "fold = 'mean' (mean over folds, lo/hi: corrected t interval over folds)",
         },
         "validation": {
             **_rows({"type": "string", "pattern": "^val[0-9]+([.][0-9]+)?$"}),
@@ -280,6 +280,35 @@ REPORT_SCHEMA: dict[str, Any] = {
             "description": "task name -> the recommended pair against the best raw pair (a "
             "tuned probe where the protocol has one, picked on the test rows) on the pooled "
             "test rows: mean, lo, hi of the gap, each side's score",
+        },
+        "confusion": {
+            "type": "object",
+            "description": "task name -> the recommended pair's confusion matrix on the pooled "
+            "test rows (rows: true class, columns: predicted, in the task's class order), "
+            "counts averaged over its fits; single-label tasks only",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["representation", "classifier", "matrix", "n_rows", "n_fits"],
+                "properties": {
+                    "matrix": {"type": "array", "items": {"type": "array", "items": _NUM}},
+                    "n_rows": {"type": "integer"},
+                    "n_fits": {"type": "integer"},
+                },
+            },
+        },
+        "deploy": {
+            "type": "object",
+            "description": "task name -> how to deploy the recommended pair: the vectors to feed "
+            "the classifier, the head folder when it needs one (null: no head), the commands",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["representation", "classifier", "head", "commands", "note"],
+                "properties": {
+                    "head": {"type": ["object", "null"]},
+                    "commands": {"type": "array", "items": {"type": "string"}},
+                    "note": {"type": "string"},
+                },
+            },
         },
         "folds": {
             "type": "array",
