@@ -22,12 +22,15 @@ import json
 import logging
 import re
 import sys
+import time
 
 import yaml
 
 from adapt import __version__
 from adapt.config import ConfigError, load_config
 from adapt.rayutil import is_secret
+
+log = logging.getLogger("adapt")
 
 # Stage name -> "module:function"; each function takes a Config and returns a printable summary.
 STAGES = {
@@ -110,6 +113,33 @@ def as_json(summary) -> dict:
     return out
 
 
+class ConsoleFormatter(logging.Formatter):
+    """Progress and results as plain lines; warnings and errors say so; -v adds time and
+    logger name to every line."""
+
+    def __init__(self, verbose: bool):
+        super().__init__("%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else None)
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose:
+            return super().format(record)
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def _logging(level: int) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(ConsoleFormatter(level <= logging.DEBUG))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
 def main(argv: list[str] | None = None, only: str | None = None) -> int:
     args = parser().parse_args(argv if only is None else [only, *(argv or sys.argv[1:])])
     level = (
@@ -119,7 +149,7 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
         if getattr(args, "verbose", False)
         else logging.INFO
     )
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    _logging(level)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -130,12 +160,16 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
         return 0
     stages = PIPELINE if args.stage == "run" else [args.stage]
     summaries = {}
-    for name in stages:
+    for i, name in enumerate(stages, 1):
+        tag = f"[{i}/{len(stages)}] {name}" if len(stages) > 1 else name
+        log.info("%s ...", tag)
+        t0 = time.perf_counter()
         summary = _stage(name)(config)
         if args.json:
             summaries[name] = as_json(summary)
         else:
             print(summary.describe(), flush=True)
+        log.info("%s done in %.1f s", tag, time.perf_counter() - t0)
     if args.json:
         document = summaries if args.stage == "run" else summaries[args.stage]
         print(json.dumps(document, indent=2, default=str))

@@ -59,6 +59,8 @@ def _quiet_driver() -> None:
     DataContext.get_current().enable_progress_bars = False
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It warns, once per driver, that the bars are off: they are, on purpose.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def init_ray(config: RayConfig) -> None:
@@ -88,6 +90,8 @@ def init_ray(config: RayConfig) -> None:
         include_dashboard=False,
         runtime_env=runtime_env,
         log_to_driver=console,
+        # Ray's own start-up lines; the line below says what a user needs.
+        logging_level=logging.INFO if console else logging.WARNING,
     )
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     log.info(

@@ -237,6 +237,16 @@ def test_headline_and_markdown(report):
     assert "| a | 20 | 0.800 | 0.500 | b (20% of its rows) |" in md
     assert "| b | 20 | 0.800 | 0.500 | a (15% of its rows) |" in md
     assert "## Time" in md and "cart 0.10 s" in md
+    assert (
+        "With a classifier of your own: `projected:single` has the best validation macro_f1 "
+        "averaged over the 2 classifiers (0.800); per classifier: cart `projected:single`." in md
+    )
+    # A pair that is the best raw pair itself is not compared with itself.
+    same = copy.deepcopy(report)
+    same["pair_verdict"]["label"]["baseline_pair"] = ["projected:single", "knn"]
+    md = render_markdown(same)
+    assert "It is also the best raw pair on the test rows (macro_f1 0.800)." in md
+    assert "| class | rows | F1 | most often mistaken for |" in md and "gap" not in md
 
 
 def test_markdown_says_what_the_in_fold_searches_chose(report):

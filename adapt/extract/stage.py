@@ -34,6 +34,7 @@ from adapt.extract.io import (
 from adapt.extract.validate import Limits
 from adapt.extract.workers import EncodeWorker, decode_rows, read_shards
 from adapt.lease import Lease
+from adapt.progress import Meter
 from adapt.rayutil import init_ray
 from adapt.storage import Storage
 
@@ -221,7 +222,7 @@ def _extract_holding(
     seen = sum(records[k]["input_rows"] for k in committed)
     rejected = sum(records[k]["rejected"] for k in committed)
     budget = {"seen": seen, "rejected": rejected, "embedded_now": 0, "shards": 0}
-    last_log = [time.perf_counter()]
+    meter = Meter("extract", len(pending), "shards", logger=log)
 
     known = {k: records[k] for k in committed}
 
@@ -233,31 +234,27 @@ def _extract_holding(
         budget["shards"] += 1
         if budget["seen"] - seen >= EARLY_BUDGET_ROWS:  # enough rows to judge before the end
             _check_budget(config, budget["seen"], budget["rejected"])
-        if time.perf_counter() - last_log[0] > 10 or budget["shards"] == len(pending):
-            last_log[0] = time.perf_counter()
-            log.info(
-                "extract: %d of %d shards committed (%d rows)",
-                budget["shards"],
-                len(pending),
-                budget["seen"] - seen,
-            )
+        meter.update(budget["shards"], f"{budget['seen'] - seen} rows")
 
     busy = BusyLog(slots=ext.num_workers)
     step = ext.shards_per_wave or max(1, len(pending))
-    for w in range(0, len(pending), step):
-        _run_stream(
-            config,
-            store,
-            pending[w : w + step],
-            previous,
-            signatures,
-            lineage,
-            timings,
-            lease,
-            on_commit,
-            busy,
-        )
-        _check_budget(config, budget["seen"], budget["rejected"])
+    try:
+        for w in range(0, len(pending), step):
+            _run_stream(
+                config,
+                store,
+                pending[w : w + step],
+                previous,
+                signatures,
+                lineage,
+                timings,
+                lease,
+                on_commit,
+                busy,
+            )
+            _check_budget(config, budget["seen"], budget["rejected"])
+    finally:
+        meter.close()
     embedded_now = budget["embedded_now"]
     lease.check()
     if pending:

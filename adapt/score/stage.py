@@ -28,6 +28,7 @@ from adapt import layout
 from adapt.classifiers import make_classifier, seed_dependent
 from adapt.config import Config, ScoreConfig
 from adapt.embeddings import Embeddings, load_embeddings
+from adapt.progress import Meter
 from adapt.score.deploy import deployment
 from adapt.score.io import (
     input_fingerprint,
@@ -96,16 +97,18 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
-def _progress() -> Callable[[int, int], None]:
-    """A progress callback that logs at most every 10 s, and at the end."""
-    last = [0.0]
+def _progress() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A progress callback for the cells (a bar with rate and ETA, `adapt.progress`), and the
+    function that closes it."""
+    meters: list[Meter] = []
 
     def progress(done: int, total: int) -> None:
-        if time.perf_counter() - last[0] > 10 or done == total:
-            last[0] = time.perf_counter()
-            log.info("score: %d / %d cells done", done, total)
+        if not meters:
+            meters.append(Meter("score", total, "cells", every_s=60.0, logger=log))
+        # Until the first cells finish, the folds' PCA and in-fold heads are being fitted.
+        meters[0].update(done, "" if done else "fitting the folds' PCA and heads first")
 
-    return progress
+    return progress, lambda: [m.close() for m in meters]
 
 
 def _read_sampled(config: Config, store: Storage) -> tuple[Embeddings, list, dict]:
@@ -151,16 +154,24 @@ def run_score(
     )
     plan = make_plan(config, emb, head_arrays, tasks)
     run_id = sc.run_id or new_run_id()
+    folds = [f for fs in plan.folds.values() for f in fs]
+    n_test = sum(f.kind == "test" for f in folds)
     log.info(
-        "score: %d tasks x %d representations x %d classifiers, %d folds: %d cells",
+        "score: %d task(s) x %d representations x %d classifiers over %d test folds and %d inner "
+        "validation splits: %d cells",
         len(plan.tasks),
         len(plan.representations),
         len(plan.classifiers),
-        sum(len(f) for f in plan.folds.values()),
+        n_test,
+        len(folds) - n_test,
         plan.n_cells,
     )
     executor = LocalExecutor(plan) if sc.executor == "local" else RayExecutor(plan, sc, config.ray)
-    outcome = run_cells(plan, executor, _progress())
+    progress, close = _progress()
+    try:
+        outcome = run_cells(plan, executor, progress)
+    finally:
+        close()
 
     t_sum = time.perf_counter()
     summary = summarise(plan, outcome.rows, outcome.preds, sc)

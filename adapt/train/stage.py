@@ -74,7 +74,7 @@ def _search(config: Config, store: Storage, plan: TrainPlan) -> search.Selection
         init_ray(config.ray)
         runner = run_tune(cfg.search.cpus_per_trial)
     selection = search.select(inputs, labels, cfg, ids=ids, runner=runner)
-    log.info("train: %s", selection.describe())
+    log.debug("train: %s", selection.describe())  # the stage's summary prints it
     store.write_json(uri, selection.to_json())
     return selection
 
@@ -209,7 +209,9 @@ def run_train(
         plan.run_id,
         len(plan.train_ids),
         len(plan.val_ids),
-        "local" if cfg.is_local else f"{cfg.num_workers} Ray workers",
+        "local"
+        if cfg.is_local
+        else f"{cfg.num_workers} Ray worker{'s' if cfg.num_workers > 1 else ''}",
     )
     selection = None
     if cfg.search is not None and cfg.search.grid:

@@ -21,6 +21,7 @@ from adapt import layout, schema
 from adapt.config import Config, TrainConfig
 from adapt.embeddings import fixed_size_to_numpy
 from adapt.labels import encode_with_classes
+from adapt.progress import Meter, follow, post
 from adapt.rayutil import init_ray
 from adapt.splits import row_keys, val_order
 from adapt.storage import Storage
@@ -274,11 +275,10 @@ def _fit_worker(
         # costs up to 2 s an epoch. Checkpoints go through Storage; progress goes to the log.
         if rank != 0:
             return
-        log.info(
-            "train: epoch %d %s",
-            s.epoch,
-            {k: v for k, v in s.history[-1].items() if k != "epoch" and v is not None},
-        )
+        figures = epoch_text(s.history[-1])
+        log.info("train: epoch %d: %s", s.epoch, figures)
+        if loop.get("progress_key"):  # the driver's bar polls it
+            post(loop["progress_key"], s.epoch, figures)
         if s.epoch % cfg.checkpoint_every_epochs == 0 and not s.done(cfg):
             save_checkpoint(
                 store,
@@ -302,6 +302,17 @@ def _fit_worker(
             cfg.checkpoints_to_keep,
         )
     ray.train.report({"final": 1, "epoch": state.epoch, "best_epoch": state.best_epoch})
+
+
+# An epoch's figures a person follows; the card's history has them all.
+EPOCH_FIGURES = ("train_loss", "val_loss", "val_pair_auc")
+
+
+def epoch_text(record: dict) -> str:
+    """An epoch's figures for a person: `train_loss 4.847, val_loss 4.912, val_pair_auc 0.95`."""
+    return ", ".join(
+        f"{k} {record[k]:.4g}" for k in EPOCH_FIGURES if isinstance(record.get(k), int | float)
+    )
 
 
 def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult, dict]:
@@ -350,6 +361,8 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
     # Ray's own run folder holds no checkpoints (ours go through Storage), only its bookkeeping:
     # a fresh local folder per attempt, removed afterwards.
     ray_dir = tempfile.mkdtemp(prefix="adapt-train-")
+    meter = Meter("train", cfg.epochs, "epochs")
+    progress_key = f"train/{plan.run_id}-{uuid.uuid4().hex[:8]}" if meter.enabled else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -359,6 +372,7 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
             "n_val": len(plan.val_ids),
             "store": store,
             "threads": threads,
+            "progress_key": progress_key,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
@@ -373,7 +387,11 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
     t_fit = time.perf_counter()
     fit_wall = time.time()
     try:
-        trainer.fit()
+        if progress_key:
+            with follow(progress_key, meter):
+                trainer.fit()
+        else:
+            trainer.fit()
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     t_done = time.perf_counter()

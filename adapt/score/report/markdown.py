@@ -123,7 +123,20 @@ def _pair_text(pair: dict, test: dict | None, metric: str) -> str:
         best = pair["best_on_validation"]
         text += f"; kept raw: `{best[0]}` + `{best[1]}` scored higher without a clear gain"
     text += ")"
-    if test and test.get("mean") is not None:
+    if (
+        test
+        and test.get("mean") is not None
+        and test["baseline_pair"]
+        == [
+            pair["representation"],
+            pair["classifier"],
+        ]
+    ):
+        text += (
+            f"; it is also the best raw pair on the test rows ({metric} "
+            f"{_fmt(test['candidate_score'])})"
+        )
+    elif test and test.get("mean") is not None:
         base = test["baseline_pair"]
         text += (
             f"; on test rows {_fmt(test['candidate_score'])} against "
@@ -253,6 +266,20 @@ def _verdict_line(report: dict, t: dict) -> list[str]:
             "raw whose interval is above zero, so raw stays"
         )
     lines = [line + f" {why}."]
+    if rec.get("representation"):
+        per = rec.get("by_classifier") or {}
+        lines.append(
+            f"  With a classifier of your own: `{rec['representation']}` has the best validation "
+            f"{metric} averaged over the {len(protocol['classifiers'])} classifiers "
+            f"({_fmt(rec.get('score'))})"
+            + (
+                "; per classifier: "
+                + ", ".join(f"{c} `{v['representation']}`" for c, v in per.items())
+                if per
+                else ""
+            )
+            + "."
+        )
     dep = report.get("deploy", {}).get(name)
     if dep:
         deploy = f"  Deploy: {dep['note']}."
@@ -272,14 +299,18 @@ def _verdict(report: dict) -> list[str]:
 def _time_lines(report: dict) -> list[str]:
     """Where the score stage spent its time, and each classifier's fit time per cell."""
     timings = report.get("timings") or {}
-    parts = [
-        (k, timings.get(k))
-        for k in ("build_s", "submit_s", "cells_s", "summary_s", "before_write_s")
-    ]
+    # On Ray, folds and cells are submitted at once and the folds' PCA and heads are fitted
+    # while cells run: only the local executor prepares the folds first.
+    ray = "submit_s" in timings
+    keys = (
+        ("cells_s", "summary_s", "before_write_s")
+        if ray
+        else ("build_s", "cells_s", "summary_s", "before_write_s")
+    )
+    parts = [(k, timings.get(k)) for k in keys]
     names = {
         "build_s": "folds prepared (PCA, in-fold heads)",
-        "submit_s": "cells submitted",
-        "cells_s": "cells",
+        "cells_s": "cells, with the folds' PCA and in-fold heads" if ray else "cells",
         "summary_s": "summary",
         "before_write_s": "in all, before writing the report",
     }
@@ -309,13 +340,15 @@ def _per_class(report: dict, t: dict) -> list[str]:
     if not mine:
         return []
     base = (report.get("pair_verdict", {}).get(name) or {}).get("baseline_pair")
+    if base == [pair["representation"], pair["classifier"]]:
+        base = None  # the pair is the best raw pair: one column says it
     theirs = ((means.get(tuple(base)) or {}).get("per_class_f1") or {}) if base else {}
     conf = report.get("confusion", {}).get(name)
     classes = list(t["class_counts"])
     limit = 30
     order = sorted(classes, key=lambda c: (mine.get(c) is None, mine.get(c) or 0.0))
     shown = classes if len(classes) <= limit else order[:limit]
-    base_col = f"`{base[0]}` + `{base[1]}`" if base else "best raw pair"
+    base_col = f"F1 of `{base[0]}` + `{base[1]}` | " if base else ""
     lines = [
         "",
         f"### Per class: `{pair['representation']}` + `{pair['classifier']}` (test, mean F1 "
@@ -325,8 +358,8 @@ def _per_class(report: dict, t: dict) -> list[str]:
     if len(classes) > limit:
         lines += [f"The {limit} classes with the lowest F1 of {len(classes)}.", ""]
     lines += [
-        f"| class | rows | F1 | F1 of {base_col} | most often mistaken for |",
-        "|---|---|---|---|---|",
+        f"| class | rows | F1 | {base_col}most often mistaken for |",
+        "|---|---|---|" + ("---|" if base else "") + "---|",
     ]
     for c in shown:
         mistaken = "-"
@@ -338,10 +371,8 @@ def _per_class(report: dict, t: dict) -> list[str]:
             j = max(range(len(row)), key=lambda k: row[k])
             if total and row[j] > 0:
                 mistaken = f"{classes[j]} ({row[j] / total:.0%} of its rows)"
-        lines.append(
-            f"| {c} | {t['class_counts'][c]} | {_fmt(mine.get(c))} | {_fmt(theirs.get(c))} | "
-            f"{mistaken} |"
-        )
+        other = f"{_fmt(theirs.get(c))} | " if base else ""
+        lines.append(f"| {c} | {t['class_counts'][c]} | {_fmt(mine.get(c))} | {other}{mistaken} |")
     return lines
 
 

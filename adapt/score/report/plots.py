@@ -106,7 +106,12 @@ def plot_gains(report: dict) -> bytes:
         rows: list[tuple[str, dict | None, str]] = []
         verdict = report.get("pair_verdict", {}).get(t["name"])
         chosen = _recommended(report, t["name"])
-        if verdict and verdict.get("mean") is not None and chosen:
+        if (
+            verdict
+            and verdict.get("mean") is not None
+            and chosen
+            and verdict["baseline_pair"] != list(chosen)  # else it is its own baseline
+        ):
             base = verdict["baseline_pair"]
             rows.append(
                 (
