@@ -77,9 +77,6 @@ def deployment(
                 and (head.get("train") or {}).get("mode") == mode
                 and head.get("label_column") == t["label_column"]
             )
-            train = f"adapt train --config {cfg} --set train.mode={mode}"
-            if t["label_column"] != config.train.label_column:
-                train += f" --set train.label_column={t['label_column']}"
             if fits:
                 entry["head"] = {"folder": head["folder"], "run_id": head["run_id"]}
                 entry["commands"] = [
@@ -91,6 +88,9 @@ def deployment(
                     "outputs"
                 )
             else:
+                train = f"adapt train --config {cfg} --set train.mode={mode}"
+                if t["label_column"] != config.train.label_column:
+                    train += f" --set train.label_column={t['label_column']}"
                 entry["commands"] = [train, f"adapt apply --config {cfg}"]
                 have = (
                     f"the latest head under {config.output} ({head['folder']}) has mode "

@@ -362,7 +362,7 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
     # a fresh local folder per attempt, removed afterwards.
     ray_dir = tempfile.mkdtemp(prefix="adapt-train-")
     meter = Meter("train", cfg.epochs, "epochs")
-    progress_key = f"train/{plan.run_id}-{uuid.uuid4().hex[:8]}" if meter.enabled else None
+    progress_key = f"train/{plan.run_id}-{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -387,10 +387,7 @@ def _fit_ray(config: Config, store: Storage, plan: TrainPlan) -> tuple[FitResult
     t_fit = time.perf_counter()
     fit_wall = time.time()
     try:
-        if progress_key:
-            with follow(progress_key, meter):
-                trainer.fit()
-        else:
+        with follow(progress_key, meter):  # polls only when the meter draws
             trainer.fit()
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
