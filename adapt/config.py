@@ -102,9 +102,17 @@ class EncoderSpec(Strict):
 
     name: str
     pooling: Literal["cls", "mean", "last", "pooled"] | None = Field(
-        None, description="Token pooling for hf: models; None picks the model's usual one."
+        None,
+        description="Token pooling for hf: models; None takes the model's own (its "
+        "sentence-transformers pooling config; mean for text without one, CLS for vision).",
     )
-    max_length: int = Field(128, ge=1, le=8192, description="Text truncation, in tokens.")
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=8192,
+        description="Text truncation, in tokens; None takes the model's own (sentence-transformers' "
+        "max_seq_length, else the tokenizer's maximum, else 512).",
+    )
     normalize: bool = Field(True, description="L2-normalise each embedding.")
     runtime: Literal["auto", "torch", "onnx"] = Field(
         "auto",
@@ -691,8 +699,9 @@ class ScoreConfig(Strict):
     )
     heads: list[str] = Field(
         [],
-        description="URIs of trained heads (adapt.load_head) to score as well; such a head may "
-        "have been trained on rows that are test rows here, which the report says.",
+        description="URIs of trained heads (adapt.load_head: folders or hf://ORG/NAME) to score as "
+        "well; such a head may have been trained on rows that are test rows here, which the "
+        "report says.",
     )
     classifiers: list[str] = Field(
         list(classifiers.DEFAULT),
@@ -901,8 +910,8 @@ class ApplyConfig(Strict):
 
     head: str | None = Field(
         None,
-        description="The head to apply: a heads/<run-id> folder, its head.safetensors, or an output "
-        "root (its latest head). None: train.run_id's head when that is set, else the latest head "
+        description="The head to apply: a heads/<run-id> folder, its head.safetensors, "
+        "hf://ORG/NAME, or an output root (its latest head). None: train.run_id's head when that is set, else the latest head "
         "under `output`.",
     )
     num_workers: int = Field(1, ge=1, le=1024, description="Apply actors (one head copy each).")

@@ -232,7 +232,8 @@ def test_real_models_on_s3():
     assert {s.name for s in clip.encoders.values()} == {"open_clip:ViT-B-32@laion2b_s34b_b79k"}
     assert clip.extract.dtype == "float16" and clip.extract.num_gpus_per_worker >= 1
     hf = validate("s3-hf", yaml.safe_load((CLUSTER / "configs" / "s3-hf.yaml").read_text()))
-    assert hf.encoders["text"].name == "hf:sentence-transformers/all-mpnet-base-v2"
+    assert hf.encoders["text"].name == "st:sentence-transformers/all-mpnet-base-v2"
+    assert hf.encoders["text"].pooling is None and hf.encoders["text"].max_length is None
     assert hf.encoders["image"].name == "hf:google/vit-base-patch16-224-in21k"
     assert hf.encoders["image"].pooling == "cls"
     for cfg in (clip, hf):

@@ -36,6 +36,7 @@ def png(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
         ),
         ("hf:/models/bert@x", "hf", "/models/bert@x", None),
         ("timm:efficientnet_lite0@/w/e.pth", "timm", "efficientnet_lite0", "/w/e.pth"),
+        ("st:BAAI/bge-small-en-v1.5", "st", "BAAI/bge-small-en-v1.5", None),
         ("minilm-l6", "alias", "minilm-l6", None),
         ("mpnet-base", "alias", "mpnet-base", None),
     ],
@@ -55,6 +56,8 @@ def test_unknown_names_list_valid_forms(bad):
 def test_modality_mismatch_is_refused():
     with pytest.raises(ValueError, match="cannot embed text"):
         encoders.check_modality(encoders.parse_name("timm:resnet18"), "text")
+    with pytest.raises(ValueError, match="cannot embed image"):
+        encoders.check_modality(encoders.parse_name("st:BAAI/bge-small-en-v1.5"), "image")
 
 
 def _split_zip(tmp_path, files: dict[str, bytes], n: int) -> list:
@@ -258,3 +261,82 @@ def test_prepared_rows_embed_as_the_whole_batch_would(tiny_models):
         direct = enc.forward(dict(ref))
     np.testing.assert_allclose(enc.embed(texts), direct, atol=1e-5)
     np.testing.assert_allclose(enc.embed(texts[1:2])[0], direct[1], atol=1e-5)
+
+
+def test_hf_text_takes_pooling_and_length_from_the_sentence_transformers_config(tiny_models):
+    """Unset, pooling and truncation are the model's own: a sentence-transformers folder that
+    pools CLS is pooled CLS (the same vectors as asking for CLS on the bare model), its length is
+    its own (24); a bare transformers model is mean-pooled and cut at its position table (64)."""
+    st_cls = encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['st-cls']}"), "text")
+    bare_cls = encoders.build_encoder(
+        EncoderSpec(name=f"hf:{tiny_models['bert']}", pooling="cls"), "text"
+    )
+    bare = encoders.build_encoder(EncoderSpec(name=f"hf:{tiny_models['bert']}"), "text")
+    assert (st_cls.pooling, st_cls.prep.max_length) == ("cls", 24)
+    assert (bare.pooling, bare.prep.max_length) == ("mean", 64)
+    texts = ["the cat", "a red dog smile"]
+    np.testing.assert_allclose(st_cls.embed(texts), bare_cls.embed(texts), atol=1e-5)
+    assert st_cls.fingerprint()["pooling"] == "cls"
+    assert "max_length=24" in st_cls.fingerprint()["preprocess"]
+    cut = encoders.build_encoder(
+        EncoderSpec(name=f"hf:{tiny_models['st-cls']}", max_length=5), "text"
+    )
+    assert cut.prep.max_length == 5 and len(cut.prep.prepare(["a b c d e f g h"])[0]) == 5
+
+
+def test_the_offline_minilm_declares_mean_pooling_and_256_tokens():
+    from adapt.encoders.st import st_settings
+
+    settings = st_settings(offline.minilm_dir())
+    assert settings == {
+        "pooling": "mean",
+        "max_length": 256,
+        "modules": ["Transformer", "Pooling", "Normalize"],
+    }
+
+
+def test_hf_refuses_a_sentence_transformer_it_cannot_run_and_names_st(tiny_models):
+    path = tiny_models["st-dense"]
+    with pytest.raises(ValueError, match=f"Dense.*use st:{path}"):
+        encoders.build_encoder(EncoderSpec(name=f"hf:{path}"), "text")
+
+
+def test_st_runs_the_whole_module_stack_as_sentence_transformers_does(tiny_models):
+    """st: embeds through the dense layer (8 outputs, not the 32 hidden units), as the library's
+    own encode does, and a row embeds the same alone, in a batch or from the decode stage's prep."""
+    from sentence_transformers import SentenceTransformer
+
+    spec = EncoderSpec(name=f"st:{tiny_models['st-dense']}", normalize=False)
+    enc = encoders.build_encoder(spec, "text")
+    texts = ["the cat", "a red dog smile at the bright sun today", "moon"]
+    x = enc.embed(texts)
+    assert x.shape == (3, 8) and enc.dim == 8
+    ref = SentenceTransformer(tiny_models["st-dense"], device="cpu").encode(texts)
+    np.testing.assert_allclose(x, ref, atol=1e-5)
+    np.testing.assert_allclose(enc.embed(texts[1:2])[0], x[1], atol=1e-5)
+    light = encoders.build_preprocessor(spec, "text")
+    assert light.describe() == enc.prep.describe() and light.max_length == 24
+    fp = enc.fingerprint()
+    assert fp["pooling"] == "st:Transformer>Pooling(mean)>Dense>Normalize"
+    assert fp["weights"].startswith("sha256:")
+    same_dir_hf = encoders.static_fingerprint(
+        EncoderSpec(name=f"hf:{tiny_models['st-cls']}"), "text"
+    )
+    as_st = encoders.static_fingerprint(EncoderSpec(name=f"st:{tiny_models['st-cls']}"), "text")
+    assert same_dir_hf["arch"] == "hf" and as_st["arch"] == "st"
+    assert encoders_fp_id(same_dir_hf) != encoders_fp_id(as_st)
+
+
+def encoders_fp_id(fp: dict) -> str:
+    from adapt.encoders.base import fingerprint_id
+
+    return fingerprint_id(fp)
+
+
+def test_st_refuses_a_plain_model_and_a_pooling_of_its_own(tiny_models):
+    with pytest.raises(ValueError, match="not a sentence-transformers model; use hf:"):
+        encoders.build_preprocessor(EncoderSpec(name=f"st:{tiny_models['bert']}"), "text")
+    with pytest.raises(ValueError, match="pooling is the model's own"):
+        encoders.build_encoder(
+            EncoderSpec(name=f"st:{tiny_models['st-cls']}", pooling="mean"), "text"
+        )

