@@ -320,6 +320,77 @@ def test_head_round_trips_through_safetensors(tmp_path):
         load_head(uri)
 
 
+def test_a_head_travels_through_the_hub_format_and_loads_from_hf_uris(tmp_path):
+    """save_pretrained writes the head's own files plus the hub's config and model card;
+    from_pretrained and load_head read them back from a folder, and load_head("hf://ORG/NAME")
+    from the Hugging Face cache (offline, in a fresh process: the real download code)."""
+    from adapt.train.artifact import AppliedHead, HeadNotFoundError
+
+    features, labels = buried_signal(300, DIMS, seed=3)
+    fit = fit_head(features, labels, make_config("x", epochs=2).train)
+    store = Storage()
+    uri = str(tmp_path / "heads" / "h2")
+    fps = {
+        m: {"encoder": f"hf:enc-{m}", "weights": f"sha256:{m}", "dim": d} for m, d in DIMS.items()
+    }
+    save_head(store, uri, fit, {"run_id": "h2", "embeddings": {"fingerprints": fps}})
+    applied = load_head(uri)
+    folder = tmp_path / "pretrained"
+    applied.save_pretrained(folder)
+    assert {p.name for p in folder.iterdir()} == {
+        "head.safetensors",
+        "card.json",
+        "config.json",
+        "README.md",
+    }
+    card = json.loads((folder / "card.json").read_text())
+    assert card["weights"]["uri"] == "head.safetensors" and card["run_id"] == "h2"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["head_encoders"] == {"image": "hf:enc-image", "text": "hf:enc-text"}
+    readme = (folder / "README.md").read_text()
+    assert "library_name: adapt" in readme and "`hf:enc-text`" in readme
+    assert "Classes (4): c0, c1, c2, c3." in readme and "{{" not in readme
+    expected = applied(features)
+    again = AppliedHead.from_pretrained(str(folder))
+    assert np.array_equal(again(features), expected) and again.card["run_id"] == "h2"
+    assert np.array_equal(load_head(str(folder))(features), expected)
+    # The same folder as a hub repository in the Hugging Face cache: refs/main -> a snapshot.
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / "models--acme--head" / "snapshots" / ("ab" * 20)
+    shutil.copytree(folder, snapshot)
+    (cache / "models--acme--head" / "refs").mkdir()
+    (cache / "models--acme--head" / "refs" / "main").write_text("ab" * 20)
+    np.save(tmp_path / "text.npy", features["text"][:5])
+    np.save(tmp_path / "image.npy", features["image"][:5])
+    script = (
+        "import sys, numpy as np, adapt\n"
+        "head = adapt.load_head(sys.argv[1])\n"
+        "x = {m: np.load(f'{sys.argv[2]}/{m}.npy') for m in ('text', 'image')}\n"
+        "np.save(f'{sys.argv[2]}/out.npy', head(x))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "hf://acme/head", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.allclose(np.load(tmp_path / "out.npy"), expected[:5], atol=1e-6)
+    missing = subprocess.run(
+        [sys.executable, "-c", script, "hf://acme/none", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode != 0 and "no head at hub repository 'acme/none'" in missing.stderr
+    with pytest.raises(ValueError, match="expected hf://ORG/NAME"):
+        load_head("hf://just-a-name")
+    assert HeadNotFoundError.__mro__[1] is FileNotFoundError
+
+
 # -- Ray ------------------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from adapt.config import Config
 from adapt.embeddings import read_manifest
 from adapt.rayutil import init_ray
 from adapt.storage import Storage, basename, join
-from adapt.train.artifact import load_head, resolve_head_uri
+from adapt.train.artifact import hub_folder_name, is_hub_uri, load_head, resolve_head_uri
 
 
 @dataclass
@@ -61,6 +61,8 @@ def apply_head(
 
     t0 = time.perf_counter()
     run = resolve_head_uri(store, head_uri)
+    # A hub head is downloaded by each worker (into its node's cache); a stored one is read.
+    source = head_uri if is_hub_uri(head_uri) else run
     manifest = read_manifest(store, embeddings_output)
     applied = load_head(
         run, store, manifest.get("fingerprints"), layout.embeddings_dir(embeddings_output)
@@ -73,7 +75,7 @@ def apply_head(
         ds = ray.data.from_items(items, override_num_blocks=len(todo))
         ds = ds.map_batches(
             ApplyWorker,
-            fn_constructor_kwargs={"store": store, "head_uri": run, "dest": dest},
+            fn_constructor_kwargs={"store": store, "head_uri": source, "dest": dest},
             batch_size=1,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=num_workers),
@@ -88,7 +90,7 @@ def apply_head(
         uri,
         {
             "complete": True,
-            "head": run,
+            "head": source,
             "run_id": applied.card.get("run_id"),
             "out_dim": applied.out_dim,
             "column": schema.PROJECTED_EMBEDDING,
@@ -161,6 +163,8 @@ def main(config: Config) -> ApplyResult:
     run_id = config.train.run_id
     head_uri = ac.head or (layout.head_dir(config.output, run_id) if run_id else config.output)
     run = resolve_head_uri(store, head_uri)
-    dest = layout.projected_dir(config.output, basename(run))
+    name = hub_folder_name(head_uri) if is_hub_uri(head_uri) else basename(run)
+    dest = layout.projected_dir(config.output, name)
     init_ray(config.ray)
-    return apply_head(store, run, config.output, dest, ac.num_cpus_per_worker, ac.num_workers)
+    source = head_uri if is_hub_uri(head_uri) else run
+    return apply_head(store, source, config.output, dest, ac.num_cpus_per_worker, ac.num_workers)

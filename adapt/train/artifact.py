@@ -8,7 +8,9 @@
     heads/latest.json                 pointer to the newest completed run
 
 `load_head(uri)` returns an `AppliedHead`, a callable from embeddings to projections that needs
-nothing of the training code.
+nothing of the training code. A head also travels through the Hugging Face Hub: `save_pretrained`
+writes the same two files (and a model card) to a folder, `push_to_hub` uploads them, and
+`AppliedHead.from_pretrained` or `load_head("hf://ORG/NAME[@REVISION]")` loads them back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from huggingface_hub import ModelHubMixin
 
 from adapt import __version__ as adapt_version
 from adapt import layout, schema
@@ -147,8 +150,9 @@ def _pointed(store: Storage, pointer: str, latest: dict) -> str:
 
 
 def resolve_head_uri(store: Storage, uri: str) -> str:
-    """A run folder from: a run folder, its head.safetensors, or an output root (latest run)."""
-    uri = uri.rstrip("/")
+    """A run folder from: a run folder, its head.safetensors, an output root (latest run), or a
+    hub repository (hf://ORG/NAME[@REVISION], its local download)."""
+    uri = local_head_uri(uri).rstrip("/")
     if uri.endswith(layout.HEAD_FILE) or uri.endswith(layout.CARD_FILE):
         return uri.rsplit("/", 1)[0]
     if store.exists(layout.head_card(uri)):
@@ -164,12 +168,57 @@ def resolve_head_uri(store: Storage, uri: str) -> str:
     )
 
 
+HUB_SCHEME = "hf://"
+HUB_FILES = [layout.HEAD_FILE, layout.CARD_FILE, "config.json", "README.md"]
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A projection head trained by adapt on frozen embeddings (arXiv 2502.02048: a small nonlinear
+projection trained with a contrastive objective over labels). It maps the embeddings of the
+encoders below to {{ out_dim }}-d vectors in which rows of the same class lie together; fit any
+classifier on them.
+
+| modality | encoder | weights | dim |
+| --- | --- | --- | --- |
+{% for m in encoders -%}
+| {{ m.modality }} | `{{ m.encoder }}` | `{{ m.weights }}` | {{ m.dim }} |
+{% endfor %}
+Classes ({{ classes | length }}): {{ classes[:20] | join(", ") }}{% if classes | length > 20 %}, ...{% endif %}.
+Trained on {{ n_train }} rows ({{ n_val }} for validation), best epoch {{ best_epoch }}.
+
+## Use
+
+```python
+import adapt
+
+head = adapt.load_head("hf://{{ repo_id }}")
+z = head({ {%- for m in modalities %}"{{ m }}": {{ m }}_embeddings{% if not loop.last %}, {% endif %}{% endfor -%} })  # [rows, {{ out_dim }}]
+```
+
+The embeddings must come from the encoders above (`load_head` with an embeddings manifest's
+fingerprints checks it). `card.json` holds the training configuration, the per-epoch metrics and
+the fingerprints in full.
+"""
+
+
 @dataclass
-class AppliedHead:
+class AppliedHead(
+    ModelHubMixin,
+    library_name="adapt",
+    tags=["adapt", "embedding-projection", "contrastive"],
+    model_card_template=MODEL_CARD,
+):
     """A loaded head: `head(inputs) -> float32 [rows, out_dim]` from raw embeddings.
 
     `inputs` is a dict modality -> [rows, dim] array, or a pyarrow Table / pandas DataFrame with
     `<modality>_embedding` columns (as the extract stage writes them).
+
+    Through `huggingface_hub.ModelHubMixin` it saves to a folder (`save_pretrained`), uploads
+    (`push_to_hub`, with a token) and loads from a folder or hub repository (`from_pretrained`);
+    the folder holds what a heads/<run-id> folder holds, plus a model card.
     """
 
     head: MultiHead
@@ -187,6 +236,91 @@ class AppliedHead:
 
     def __call__(self, inputs: Any, batch_size: int = 4096) -> np.ndarray:
         return project(self.head, self._arrays(inputs), batch_size)
+
+    # -- the Hugging Face Hub --------------------------------------------------------------------
+
+    def _save_pretrained(self, save_directory) -> None:
+        folder = str(save_directory)
+        data = head_bytes(self.head, self.input_norm)
+        store = Storage()
+        store.write_bytes(layout.head_weights(folder), data)
+        card = {**self.card}
+        card["weights"] = {
+            **card.get("weights", {}),
+            "uri": layout.HEAD_FILE,  # beside the card, wherever the folder goes
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        store.write_json(layout.head_card(folder), card)
+        # The hub's config.json: a summary, so the hub's widgets and search can read the head.
+        store.write_json(
+            join(folder, "config.json"),
+            {
+                "format": FORMAT,
+                "run_id": card.get("run_id"),
+                "out_dim": self.out_dim,
+                "head_modalities": self.modalities,
+                "n_classes": len(card.get("classes") or []),
+                "head_encoders": {m: fp.get("encoder") for m, fp in self._fingerprints().items()},
+            },
+        )
+
+    def _fingerprints(self) -> dict:
+        return (self.card.get("embeddings") or {}).get("fingerprints") or {}
+
+    def generate_model_card(self, *args, **kwargs):
+        encoders = [
+            {
+                "modality": m,
+                "encoder": fp.get("encoder"),
+                "weights": fp.get("weights"),
+                "dim": fp.get("dim"),
+            }
+            for m, fp in sorted(self._fingerprints().items())
+        ]
+        fields = {
+            "title": f"adapt head {self.card.get('run_id') or ''}".strip(),
+            "out_dim": self.out_dim,
+            "encoders": encoders,
+            "classes": [str(c) for c in self.card.get("classes") or []],
+            "n_train": self.card.get("n_train"),
+            "n_val": self.card.get("n_val"),
+            "best_epoch": self.card.get("best_epoch"),
+            "modalities": self.modalities,
+            "repo_id": kwargs.pop("repo_id", None) or "ORG/NAME",
+        }
+        return super().generate_model_card(*args, **{**fields, **kwargs})
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the head to the hub repository `repo_id` (needs a token with write access);
+        its model card names the repository in its loading example."""
+        kwargs["model_card_kwargs"] = {
+            "repo_id": repo_id,
+            **(kwargs.get("model_card_kwargs") or {}),
+        }
+        return super().push_to_hub(repo_id, **kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir,
+        force_download: bool,
+        local_files_only: bool,
+        token,
+        **model_kwargs,
+    ) -> AppliedHead:
+        folder = hub_folder(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        return load_head(folder, fingerprints=model_kwargs.get("fingerprints"))
 
     def _arrays(self, inputs: Any) -> dict[str, np.ndarray]:
         if isinstance(inputs, dict):
@@ -244,13 +378,62 @@ def check_encoders(card: dict, fingerprints: dict | None, where: str) -> None:
             )
 
 
+def hub_folder(model_id: str, revision: str | None = None, **download) -> str:
+    """A local folder holding the head of a folder path or a hub repository id (downloaded into
+    the Hugging Face cache once; offline, HF_HUB_OFFLINE=1, from the cache only)."""
+    import os
+
+    if os.path.isdir(model_id):
+        return model_id
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            repo_id=model_id, revision=revision, allow_patterns=HUB_FILES, **download
+        )
+    except Exception as e:
+        raise HeadNotFoundError(
+            f"no head at hub repository {model_id!r}"
+            + (f" revision {revision!r}" if revision else "")
+            + f": {type(e).__name__}: {e}"
+        ) from e
+
+
+def parse_hub_uri(uri: str) -> tuple[str, str | None]:
+    """hf://ORG/NAME[@REVISION] -> (ORG/NAME, REVISION)."""
+    rest = uri[len(HUB_SCHEME) :].strip("/")
+    repo, _, revision = rest.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ValueError(f"{uri!r}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    return repo, revision or None
+
+
+def is_hub_uri(uri) -> bool:
+    return isinstance(uri, str) and uri.startswith(HUB_SCHEME)
+
+
+def hub_folder_name(uri: str) -> str:
+    """A folder name for what is made from a hub head: hf--ORG--NAME[@REVISION]."""
+    repo, revision = parse_hub_uri(uri)
+    return "hf--" + repo.replace("/", "--") + (f"@{revision}" if revision else "")
+
+
+def local_head_uri(uri: str) -> str:
+    """`uri` itself, or for hf://ORG/NAME[@REVISION] the local folder it downloads to."""
+    if is_hub_uri(uri):
+        repo, revision = parse_hub_uri(uri)
+        return hub_folder(repo, revision=revision)
+    return uri
+
+
 def load_head(
     uri: str,
     store: Storage | None = None,
     fingerprints: dict | None = None,
     where: str = "the embeddings",
 ) -> AppliedHead:
-    """Load a completed head: a heads/<run-id> folder, its head.safetensors, or an output root.
+    """Load a completed head: a heads/<run-id> folder, its head.safetensors, an output root, a
+    `save_pretrained` folder or a hub repository (`hf://ORG/NAME[@REVISION]`).
     With `fingerprints` (an embeddings manifest's), check that they are the head's encoders'
     (`check_encoders`; `where` names those embeddings in the error)."""
     store = store or Storage()
