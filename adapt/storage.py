@@ -49,6 +49,16 @@ def _aside(path: str) -> str:
     return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def require_s3fs(uri: str) -> None:
+    """Object storage needs s3fs, an extra: say how to install it rather than fail deep in fsspec."""
+    import importlib.util
+
+    if importlib.util.find_spec("s3fs") is None:
+        raise ImportError(
+            f"{uri}: s3:// storage needs s3fs; install it with pip install 'adapt[s3]'"
+        )
+
+
 @dataclass
 class Storage:
     """Access to local paths and s3:// URIs with one set of options."""
@@ -68,6 +78,7 @@ class Storage:
         protocol = uri.split("://", 1)[0] if is_remote(uri) else "file"
         if protocol not in self._fs_cache:
             if protocol in ("s3", "s3a"):
+                require_s3fs(uri)
                 client_kwargs = {}
                 endpoint = self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
                 if endpoint:

@@ -537,8 +537,11 @@ def test_the_production_lock_holds_no_test_tool_and_pyproject_pins_nothing():
     assert not set(prod) & set(dev)
     for tool in ("pytest", "moto", "ruff", "flask", "duckdb", "boto3", "simple-icd-10-cm"):
         assert tool in dev and tool not in prod, tool
-    # Every dependency and demo encoder a job needs is pinned in the production lock.
-    for req in [*project["dependencies"], *project["optional-dependencies"]["demo"]]:
+    # Every dependency, demo encoder and the object store a job needs is pinned in the
+    # production lock.
+    extras = project["optional-dependencies"]
+    assert {"demo", "s3", "bench", "test"} <= set(extras)
+    for req in [*project["dependencies"], *extras["demo"], *extras["s3"]]:
         name = re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0]
         assert re.sub(r"[-_.]+", "-", name).lower() in prod, name
         assert "==" not in req, f"{req}: pyproject.toml takes ranges; the lock files pin"
