@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapt.encoders.prep import pad_rows
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -87,6 +89,16 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, eps)
+
+
+def token_batch(rows: list[np.ndarray], pad_id: int, device: str) -> dict:
+    """Token rows as a transformers batch on `device`: input_ids and attention_mask, padded to
+    the longest row of the batch, not to max_length (most texts are short)."""
+    ids, mask = pad_rows(rows, pad_id)
+    return {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(mask).to(device),
+    }
 
 
 class Encoder:

@@ -16,9 +16,9 @@ import os
 import numpy as np
 import torch
 
-from adapt.encoders.base import Encoder, sha256_weights_dir
-from adapt.encoders.prep import ProcessorPrep, TokenPrep, pad_rows
-from adapt.encoders.st import resolve_max_length, st_settings
+from adapt.encoders.base import Encoder, sha256_weights_dir, token_batch
+from adapt.encoders.prep import ProcessorPrep, TokenPrep
+from adapt.encoders.st import st_settings, token_prep
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,7 @@ class HFTextEncoder(Encoder):
 
     @classmethod
     def make_prep(cls, name, spec, modality: str = "text") -> TokenPrep:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(name.model)
-        return TokenPrep(tokenizer, resolve_max_length(spec, name.model, tokenizer))
+        return token_prep(spec, name.model)
 
     def __init__(self, name, spec, device="cpu", dtype="float32"):
         super().__init__(name, spec, device, dtype)
@@ -93,12 +90,7 @@ class HFTextEncoder(Encoder):
         return self._weights
 
     def collate(self, rows: list[np.ndarray]) -> dict:
-        # Pad to the longest row of the batch, not to max_length: most texts are short.
-        ids, mask = pad_rows(rows, self.prep.pad_id)
-        return {
-            "input_ids": torch.from_numpy(ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
-        }
+        return token_batch(rows, self.prep.pad_id, self.device)
 
     def forward(self, inputs) -> np.ndarray:
         out = self.model(**inputs)

@@ -18,10 +18,9 @@ import logging
 import os
 
 import numpy as np
-import torch
 
-from adapt.encoders.base import Encoder, sha256_weights_dir
-from adapt.encoders.prep import TokenPrep, pad_rows
+from adapt.encoders.base import Encoder, sha256_weights_dir, token_batch
+from adapt.encoders.prep import TokenPrep
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +108,12 @@ def resolve_max_length(spec, model_ref: str, tokenizer) -> int:
     )
 
 
-def _model_ref(name) -> str:
-    return name.model
+def token_prep(spec, model_ref: str) -> TokenPrep:
+    """The model's tokenizer, truncating at `resolve_max_length`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_ref)
+    return TokenPrep(tokenizer, resolve_max_length(spec, model_ref, tokenizer))
 
 
 class SentenceTransformerEncoder(Encoder):
@@ -120,17 +123,12 @@ class SentenceTransformerEncoder(Encoder):
 
     @classmethod
     def make_prep(cls, name, spec, modality: str = "text") -> TokenPrep:
-        from transformers import AutoTokenizer
-
-        ref = _model_ref(name)
-        settings = st_settings(ref)
-        if settings is None:
+        if st_settings(name.model) is None:
             raise ValueError(
-                f"encoder st:{ref}: no modules.json there, so it is not a sentence-transformers"
-                " model; use hf: for a plain transformers model"
+                f"encoder st:{name.model}: no modules.json there, so it is not a"
+                " sentence-transformers model; use hf: for a plain transformers model"
             )
-        tokenizer = AutoTokenizer.from_pretrained(ref)
-        return TokenPrep(tokenizer, resolve_max_length(spec, ref, tokenizer))
+        return token_prep(spec, name.model)
 
     def __init__(self, name, spec, device="cpu", dtype="float32"):
         super().__init__(name, spec, device, dtype)
@@ -141,7 +139,7 @@ class SentenceTransformerEncoder(Encoder):
                 f"encoder st:{name.model}: pooling is the model's own (its modules.json);"
                 " leave `pooling` unset, or use hf: to choose one"
             )
-        ref = _model_ref(name)
+        ref = name.model
         self.prep = self.make_prep(name, spec)
         self.model = SentenceTransformer(
             ref, device=self.device, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -167,11 +165,7 @@ class SentenceTransformerEncoder(Encoder):
         return self._weights
 
     def collate(self, rows: list[np.ndarray]) -> dict:
-        ids, mask = pad_rows(rows, self.prep.pad_id)
-        return {
-            "input_ids": torch.from_numpy(ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
-        }
+        return token_batch(rows, self.prep.pad_id, self.device)
 
     def forward(self, inputs) -> np.ndarray:
         out = self.model(dict(inputs))["sentence_embedding"]
