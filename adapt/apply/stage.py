@@ -162,9 +162,12 @@ def main(config: Config) -> ApplyResult:
     ac = config.apply
     run_id = config.train.run_id
     head_uri = ac.head or (layout.head_dir(config.output, run_id) if run_id else config.output)
-    run = resolve_head_uri(store, head_uri)
-    name = hub_folder_name(head_uri) if is_hub_uri(head_uri) else basename(run)
+    # A stored head is resolved to its run folder once; a hub head is downloaded by apply_head.
+    if is_hub_uri(head_uri):
+        run, name = head_uri, hub_folder_name(head_uri)
+    else:
+        run = resolve_head_uri(store, head_uri)
+        name = basename(run)
     dest = layout.projected_dir(config.output, name)
     init_ray(config.ray)
-    source = head_uri if is_hub_uri(head_uri) else run
-    return apply_head(store, source, config.output, dest, ac.num_cpus_per_worker, ac.num_workers)
+    return apply_head(store, run, config.output, dest, ac.num_cpus_per_worker, ac.num_workers)

@@ -91,6 +91,11 @@ def head_from_bytes(data: bytes) -> tuple[MultiHead, InputNorm, dict]:
     return head, norm, metadata
 
 
+def weights_record(uri: str, data: bytes) -> dict:
+    """The card's record of the head's weights file: where, how many bytes, their sha256."""
+    return {"uri": uri, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def save_head(store: Storage, uri: str, fit: FitResult, card: dict) -> dict:
     """Write `head.safetensors` then `card.json` (last: the completion marker) under `uri`.
 
@@ -114,7 +119,7 @@ def save_head(store: Storage, uri: str, fit: FitResult, card: dict) -> dict:
         "history": fit.history,
         "n_train": fit.n_train,
         "n_val": fit.n_val,
-        "weights": {"uri": weights, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        "weights": weights_record(weights, data),
         "versions": library_versions(),
         "created_at": datetime.now(UTC).isoformat(),
     }
@@ -245,12 +250,8 @@ class AppliedHead(
         store = Storage()
         store.write_bytes(layout.head_weights(folder), data)
         card = {**self.card}
-        card["weights"] = {
-            **card.get("weights", {}),
-            "uri": layout.HEAD_FILE,  # beside the card, wherever the folder goes
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
+        # The file beside the card, wherever the folder goes.
+        card["weights"] = {**card.get("weights", {}), **weights_record(layout.HEAD_FILE, data)}
         store.write_json(layout.head_card(folder), card)
         # The hub's config.json: a summary, so the hub's widgets and search can read the head.
         store.write_json(
