@@ -369,22 +369,20 @@ def test_a_head_travels_through_the_hub_format_and_loads_from_hf_uris(tmp_path):
         "np.save(f'{sys.argv[2]}/out.npy', head(x))\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script, "hf://acme/head", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def project_with(uri: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", script, uri, str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = project_with("hf://acme/head")
     assert done.returncode == 0, done.stderr[-2000:]
     assert np.allclose(np.load(tmp_path / "out.npy"), expected[:5], atol=1e-6)
-    missing = subprocess.run(
-        [sys.executable, "-c", script, "hf://acme/none", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = project_with("hf://acme/none")
     assert missing.returncode != 0 and "no head at hub repository 'acme/none'" in missing.stderr
     with pytest.raises(ValueError, match="expected hf://ORG/NAME"):
         load_head("hf://just-a-name")
