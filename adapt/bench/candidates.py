@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.bench.quality import ENCODERS, TASKS, build_corpus, corpus_output
+from adapt.bench.quality import ENCODERS, TASKS, build_corpus, corpus_output, init_ray
 from adapt.classifiers import make_classifier
 from adapt.metrics import metrics
 from adapt.splits import splits
@@ -391,13 +391,7 @@ def _extract_missing(corpora: list[str], quality: Path) -> None:
     from adapt.config import load_config
     from adapt.extract.stage import run_extract
 
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count(),
-        object_store_memory=1024 * 2**20,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    init_ray()
     try:
         for name in missing:
             corpus = build_corpus(name, quality, 4000)

@@ -93,6 +93,20 @@ class PeakMemory:
         self._thread.join()
 
 
+def init_ray() -> None:
+    """The local Ray of the quality benchmarks: every CPU, a 1 GiB object store, no dashboard,
+    worker logs kept out of the console."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        object_store_memory=1024 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+
+
 def build_corpus(name: str, root: Path, icd10_rows: int) -> str:
     if name == "emoji":
         return str(DEMO)
@@ -298,13 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"--train takes KEY=VALUE, got {item!r}")
         train[key] = yaml.safe_load(value)
     out.mkdir(parents=True, exist_ok=True)
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count(),
-        object_store_memory=1024 * 2**20,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    init_ray()
     results, t0 = [], time.perf_counter()
     try:
         for name in args.corpora.split(","):
