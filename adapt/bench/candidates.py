@@ -38,6 +38,7 @@ import numpy as np
 from adapt.bench.quality import ENCODERS, TASKS, build_corpus, corpus_output, init_ray
 from adapt.classifiers import make_classifier
 from adapt.metrics import metrics
+from adapt.score.representations import modality_scales
 from adapt.splits import splits
 from adapt.stats import paired_gain_ci
 
@@ -74,13 +75,9 @@ def task_rows(labels: list, min_class_count: int | None) -> tuple[np.ndarray, np
 
 def scaled_concat(features: dict[str, np.ndarray], train: np.ndarray) -> np.ndarray:
     """Every modality side by side, each at unit total variance on the training rows (the score
-    stage's raw:concat)."""
-    blocks = []
-    for m in sorted(features):
-        x = features[m]
-        total = float(np.var(x[train], axis=0, dtype=np.float64).sum())
-        blocks.append(x / np.float32(np.sqrt(total) if total > 0 else 1.0))
-    return np.concatenate(blocks, axis=1)
+    stage's raw:concat, with its scales)."""
+    scales = modality_scales(features, train)
+    return np.concatenate([features[m] * np.float32(scales[m]) for m in sorted(features)], axis=1)
 
 
 def fold_heads(
