@@ -224,6 +224,47 @@ def test_the_simulated_accelerator_is_deterministic_and_named_strictly():
             encoders.parse_name(bad)
 
 
+def test_calls_sharing_one_forward_thread_queue_their_forwards_one_at_a_time():
+    import itertools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = encoders.build_encoder(EncoderSpec(name="sim:5x16@32"), "image")
+    rng = np.random.default_rng(0)
+    prepared = [rng.integers(0, 255, (3, 32, 32), dtype=np.uint8) for _ in range(40)]
+    loaders = [lambda k=k: prepared[k : k + 8] for k in range(0, 40, 8)]
+    alone = enc.embed_batches(loaders)
+    device = ThreadPoolExecutor(1)
+    busy: list = []
+    results: dict = {}
+    start = threading.Barrier(2)
+
+    def call(name: str) -> None:
+        start.wait()
+        results[name] = enc.embed_batches(loaders, device, None, busy)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Each call gets its own rows back, in order, as if it had run alone.
+    assert np.array_equal(results["a"], alone) and np.array_equal(results["b"], alone)
+    # Ten forwards of 8 rows from both calls, never two at once on the device.
+    spans = sorted(busy)
+    assert len(spans) == 10 and {rows for _, _, rows in spans} == {8}
+    assert all(nxt[0] >= prev[1] for prev, nxt in itertools.pairwise(spans))
+
+    def broken():
+        raise OSError("a row could not be loaded")
+
+    with pytest.raises(OSError, match="could not be loaded"):
+        enc.embed_batches([loaders[0], loaders[1], broken, loaders[2]], device)
+    # The device thread is free again: a failed call leaves nothing behind on it.
+    assert np.array_equal(enc.embed_batches(loaders, device), alone)
+    device.shutdown()
+
+
 @pytest.mark.parametrize(
     "kind,modality",
     [("bert", "text"), ("vit", "image"), ("clip", "image"), ("clip", "text"), ("sim", "image")],
@@ -340,3 +381,23 @@ def test_st_refuses_a_plain_model_and_a_pooling_of_its_own(tiny_models):
         encoders.build_encoder(
             EncoderSpec(name=f"st:{tiny_models['st-cls']}", pooling="mean"), "text"
         )
+
+
+def test_prepared_rows_cross_stages_as_npy_bytes_and_come_back_as_they_were():
+    from adapt.encoders.prep import from_bytes, to_bytes
+
+    rng = np.random.default_rng(1)
+    arrays = [
+        rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+        np.arange(7, dtype=np.int64),
+        np.zeros((0,), np.int32),
+        np.float32(2.5) * np.ones((2, 3), np.float32),
+        np.asfortranarray(rng.standard_normal((4, 5))),  # its own header path
+    ]
+    for a in arrays:
+        back = from_bytes(to_bytes(a))
+        assert back.dtype == a.dtype and back.shape == a.shape and np.array_equal(back, a)
+    # The npy format itself: numpy reads these bytes too.
+    import io
+
+    assert np.array_equal(np.load(io.BytesIO(to_bytes(arrays[0]))), arrays[0])

@@ -382,10 +382,10 @@ def test_busy_log_measures_forwards_over_their_span_and_its_steady_state():
     # 5 s barrier, a second stream's new actor with 10 forwards, busy half of its time.
     t = 0.0
     for k in range(20):
-        log.add("a", t, t + 1.0)
+        log.add("a", t, t + 1.0, 10)
         t += 1.0 + (10.0 if k == 0 else 0.0)
     for k in range(10):
-        log.add("b", 35.0 + 2 * k, 36.0 + 2 * k)
+        log.add("b", 35.0 + 2 * k, 36.0 + 2 * k, 10)
     s = log.summary()
     assert s["encoders"] == 2 and s["forwards"] == 30
     assert s["busy_s"] == 30.0
@@ -393,6 +393,7 @@ def test_busy_log_measures_forwards_over_their_span_and_its_steady_state():
     assert s["busy_fraction"] == 30.0 / 54.0
     # Steady state: the first three and last three forwards go (a's first ones, b's last).
     assert s["steady_busy_fraction"] == 24.0 / (48.0 - 13.0)
+    assert s["steady_rows_per_s"] == 240 / (48.0 - 13.0)  # the same forwards' rows, same span
     assert s["last_forward_start"] == 53.0
     two = BusyLog(slots=2)
     two.add("a", 0.0, 10.0)

@@ -128,7 +128,7 @@ def test_a_decompression_bomb_is_refused_from_its_header():
         dim = 4
         prep = NeverPrep()
 
-        def embed_batches(self, loaders, pool=None, timings=None, busy=None):
+        def embed_batches(self, loaders, device=None, timings=None, busy=None):
             assert not loaders, "a refused image reaches no encoder"
             return np.zeros((0, 4), np.float32)
 

@@ -10,6 +10,7 @@ versions. Two runs with equal fingerprints produce comparable embeddings; any ch
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ import numpy as np
 import torch
 
 from adapt.encoders.prep import pad_rows
+
+# Forwards one call keeps queued on its encoder's device thread (see `Encoder.embed_batches`).
+AHEAD = 2
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -173,39 +177,57 @@ class Encoder:
     def embed_batches(
         self,
         loaders: list,
-        pool=None,
+        device=None,
         timings: dict | None = None,
         busy: list | None = None,
     ) -> np.ndarray:
-        """Embed batch after batch: `loaders[k]()` returns batch k's prepared rows. With `pool`
-        (a thread pool), batch k + 1 is loaded and collated while batch k is in forward, so the
-        device does not wait on the host between batches (a GPU forward and a `time.sleep`
-        release the GIL). `timings` accumulates `collate_s` and `forward_s`; `busy`, when given,
-        gets each forward's (start, end) wall-clock seconds: the accelerator's busy intervals."""
+        """Embed batch after batch: `loaders[k]()` returns batch k's prepared rows.
+
+        With `device`, an executor of one thread through which every forward of this encoder
+        runs in order (the accelerator's queue, shared by the calls an actor runs at once),
+        this thread loads and collates batch k + 1 while batch k is in forward, and keeps up to
+        `AHEAD` forwards queued there: the device goes from one batch to the next without
+        waiting on a host thread to wake up, and, between calls, on the next call's first
+        collate. Without it, collate and forward alternate in this thread. `timings`
+        accumulates `collate_s` and `forward_s`; `busy`, when given, gets each forward's
+        (start, end) wall-clock seconds and its rows: the accelerator's busy intervals."""
         if not loaders:
             return np.zeros((0, self.dim), dtype=np.float32)
 
         def load(k: int):
             t0 = time.perf_counter()
-            inputs = self.collate(loaders[k]())
+            rows = loaders[k]()
+            inputs = self.collate(rows)
             if timings is not None:
                 timings["collate_s"] = timings.get("collate_s", 0.0) + time.perf_counter() - t0
-            return inputs
+            return inputs, len(rows)
 
-        outs = []
-        ahead = pool.submit(load, 0) if pool is not None else None
-        for k in range(len(loaders)):
-            inputs = ahead.result() if pool is not None else load(k)
-            if pool is not None and k + 1 < len(loaders):
-                ahead = pool.submit(load, k + 1)
-            with torch.inference_mode():
+        def run(inputs, rows: int) -> np.ndarray:
+            with torch.inference_mode():  # thread-local: entered on the thread that runs it
                 t1, w1 = time.perf_counter(), time.time()
-                outs.append(self.forward(inputs).astype(np.float32, copy=False))
+                out = self.forward(inputs).astype(np.float32, copy=False)
                 t2, w2 = time.perf_counter(), time.time()
             if timings is not None:
                 timings["forward_s"] = timings.get("forward_s", 0.0) + t2 - t1
             if busy is not None:
-                busy.append((w1, w2))
+                busy.append((w1, w2, rows))
+            return out
+
+        if device is None:
+            return np.concatenate([run(*load(k)) for k in range(len(loaders))])
+        outs: list[np.ndarray] = []
+        queued: collections.deque = collections.deque()
+        try:
+            for k in range(len(loaders)):
+                inputs = load(k)
+                while len(queued) >= AHEAD:
+                    outs.append(queued.popleft().result())
+                queued.append(device.submit(run, *inputs))
+            while queued:
+                outs.append(queued.popleft().result())
+        finally:
+            for future in queued:  # a load failed: what this call queued is not run
+                future.cancel()
         return np.concatenate(outs)
 
     def embed_prepared(

@@ -134,11 +134,11 @@ def encode_batch(
     timings: dict | None = None,
     busy: list | None = None,
     forward_rows: int | None = None,
-    pool=None,
+    device=None,
 ) -> pa.Table:
     """The encode stage: prepared rows (`prepare_batch`'s output) -> embeddings, forwards of up
-    to `forward_rows` rows per modality (None: one), the next one collated on `pool` while one
-    runs. Returns every row; a non-finite vector rejects its row. `timings` accumulates
+    to `forward_rows` rows per modality (None: one), run on `device` (the actor's one forward
+    thread, see `Encoder.embed_batches`) while this thread collates the next. Returns every row; a non-finite vector rejects its row. `timings` accumulates
     `collate_s` and `forward_s`; `busy` gets each forward's (start, end) wall-clock seconds."""
     n = table.num_rows
     errors = table.column(readers.ERROR).to_pylist()
@@ -163,7 +163,7 @@ def encode_batch(
             functools.partial(_load_rows, column, rows[k : k + step])
             for k in range(0, len(rows), step)
         ]
-        vectors = encoder.embed_batches(loaders, pool, timings, busy)
+        vectors = encoder.embed_batches(loaders, device, timings, busy)
         if not np.all(np.isfinite(vectors)):
             bad = {rows[j] for j in np.where(~np.isfinite(vectors).all(axis=1))[0]}
             for i in bad:

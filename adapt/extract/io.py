@@ -29,18 +29,19 @@ LINEAGE_KEY = b"adapt.lineage"
 def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.Table:
     """Write one embedded batch to staging, split by input shard; return a summary row per piece:
     its shard, file and rows, the shard's row count when this batch holds the shard's last block
-    (`shard_rows`), and, on the first row, the batch's fingerprints, timings and encoder busy
-    intervals (JSON)."""
+    (`shard_rows`), and, on the first row, the batch's fingerprints, timings, encoder busy
+    intervals and decode intervals (JSON)."""
     summary = defaultdict(list)
     t0, cpu = time.perf_counter(), time.process_time()
     metas = batch_metas(table)
     fingerprints = next((m["fingerprints"] for m in metas if m.get("fingerprints")), {})
     timings: dict[str, float] = defaultdict(float)
-    busy = []
+    busy, decoded = [], []
     for m in metas:
         for k, v in m.get("timings", {}).items():
             timings[k] += v
         busy.extend(m.get("busy", []))
+        decoded.extend(m.get("decoded", []))
     table = table.drop_columns([c for c in (META,) if c in table.column_names])
     counts = table.column(readers.SHARD_ROWS) if readers.SHARD_ROWS in table.column_names else None
     for key in sorted(set(table.column(readers.SHARD).to_pylist())):
@@ -59,7 +60,9 @@ def write_pieces(table: pa.Table, store: Storage, output: str, wave: str) -> pa.
     timings["write_cpu_s"] += time.process_time() - cpu
     n = len(summary["shard"])
     # Batch bookkeeping rides on the first piece's row only, so it adds up once.
-    extra = json.dumps({"fingerprints": fingerprints, "timings": timings, "busy": busy})
+    extra = json.dumps(
+        {"fingerprints": fingerprints, "timings": timings, "busy": busy, "decoded": decoded}
+    )
     summary["meta"] = [extra] + [None] * (n - 1)
     return pa.table(dict(summary), schema=PIECES_SCHEMA) if n else PIECES_SCHEMA.empty_table()
 

@@ -32,7 +32,7 @@ from adapt.extract.io import (
     write_pieces,
 )
 from adapt.extract.validate import Limits
-from adapt.extract.workers import EncodeWorker, decode_rows, read_shards
+from adapt.extract.workers import CALLS_AT_ONCE, EncodeWorker, decode_rows, read_shards
 from adapt.lease import Lease
 from adapt.progress import Meter
 from adapt.rayutil import init_ray
@@ -428,8 +428,10 @@ def _add_meta(meta: dict, timings: dict[str, float], busy: BusyLog) -> None:
     """Sum a batch's worker seconds into `timings`, and log its encoder busy intervals."""
     for k, v in meta.get("timings", {}).items():
         timings[k] += v
-    for actor, start, end in meta.get("busy", []):
-        busy.add(actor, start, end)
+    for actor, start, end, rows in meta.get("busy", []):
+        busy.add(actor, start, end, rows)
+    for start, end, rows in meta.get("decoded", []):
+        busy.add_decode(start, end, rows)
 
 
 class BusyLog:
@@ -437,21 +439,38 @@ class BusyLog:
     accelerators were. The span runs from the first forward of any actor to the last one's end,
     times the `slots` (extract.num_workers) that could have been busy: time between streams, when
     no actor exists, counts as idle. The steady state leaves out the first and last tenth of the
-    forwards (start-up and drain)."""
+    forwards (start-up and drain); its rows/s are the rows of those forwards over their span.
+    The decode tasks' batches are logged too, for the decode stage's steady rows/s: where
+    decode is the bottleneck, the pipeline's own rate, free of the rows decoded ahead while the
+    encoders start."""
 
     STEADY_TRIM = 0.1
 
     def __init__(self, slots: int = 1) -> None:
         self.slots = slots
-        self.intervals: list[tuple[float, float, str]] = []
+        self.intervals: list[tuple[float, float, str, int]] = []
+        self.decodes: list[tuple[float, float, str, int]] = []
 
-    def add(self, actor: str, start: float, end: float) -> None:
-        self.intervals.append((start, end, actor))
+    def add(self, actor: str, start: float, end: float, rows: int = 0) -> None:
+        self.intervals.append((start, end, actor, rows))
+
+    def add_decode(self, start: float, end: float, rows: int) -> None:
+        """A decode task's batch: its wall-clock interval and rows (the decode stage's rate)."""
+        self.decodes.append((start, end, "decode", rows))
 
     def _fraction(self, runs: list) -> tuple[float, float]:
-        busy = sum(b - a for a, b, _ in runs)
-        span = (max(b for _, b, _ in runs) - runs[0][0]) * self.slots
+        busy = sum(r[1] - r[0] for r in runs)
+        span = (max(r[1] for r in runs) - runs[0][0]) * self.slots
         return busy, span
+
+    def _rate(self, runs: list) -> float | None:
+        """Rows/s of the steady-state intervals of `runs` (sorted), over their wall-clock span."""
+        if not runs:
+            return None
+        cut = int(len(runs) * self.STEADY_TRIM)
+        steady = runs[cut : len(runs) - cut] or runs
+        wall = max(r[1] for r in steady) - steady[0][0]
+        return sum(r[3] for r in steady) / wall if wall > 0 else None
 
     def summary(self) -> dict:
         runs = sorted(self.intervals)
@@ -459,15 +478,22 @@ class BusyLog:
             return {"encoders": 0, "forwards": 0, "busy_s": 0.0, "span_s": 0.0}
         busy, span = self._fraction(runs)
         cut = int(len(runs) * self.STEADY_TRIM)
-        steady_busy, steady_span = self._fraction(runs[cut : len(runs) - cut] or runs)
+        steady = runs[cut : len(runs) - cut] or runs
+        steady_busy, steady_span = self._fraction(steady)
         return {
-            "encoders": len({actor for _, _, actor in runs}),
+            "encoders": len({r[2] for r in runs}),
             "slots": self.slots,
             "forwards": len(runs),
             "busy_s": busy,
             "span_s": span,
             "busy_fraction": busy / span if span > 0 else None,
             "steady_busy_fraction": steady_busy / steady_span if steady_span > 0 else None,
+            "steady_rows_per_s": self._rate(runs),
+            # Decode from the encoders' first forward on: before it, the decode tasks share the
+            # CPUs with the encoders' start-up, and the rows they decode wait.
+            "decode_steady_rows_per_s": self._rate(
+                sorted(d for d in self.decodes if d[0] >= runs[0][0])
+            ),
             "last_forward_start": runs[-1][0],  # wall clock
         }
 
@@ -528,7 +554,11 @@ def _pipeline(
         # Several forwards per call: inside one, the next batch is collated during a forward.
         batch_size=ext.batch_size * FORWARDS_PER_CALL,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=ext.num_workers),
+        # Two calls at once per actor, their forwards in order on its one forward thread: the
+        # hand-over between calls (the next call's first collate, this one's output) is off the
+        # device's path.
+        compute=ray.data.ActorPoolStrategy(size=ext.num_workers, enable_true_multi_threading=True),
+        max_concurrency=CALLS_AT_ONCE,
         num_cpus=ext.num_cpus_per_worker,
         num_gpus=ext.num_gpus_per_worker or None,
     )

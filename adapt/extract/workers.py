@@ -26,6 +26,9 @@ from adapt.storage import Storage
 
 META = "_meta"
 
+# Calls an encoder actor runs at once: one collates while the other's batches are in forward.
+CALLS_AT_ONCE = 2
+
 
 def read_shards(
     batch: pa.Table,
@@ -89,12 +92,16 @@ def decode_rows(table: pa.Table, config: Config) -> pa.Table:
     }
     incoming = batch_metas(table)
     timings: dict[str, float] = {}
-    cpu = time.process_time()
+    cpu, start = time.process_time(), time.time()
     out = prepare_batch(
         preps, table, config.required_modalities, timings, config.extract.max_image_pixels
     )
     timings["decode_cpu_s"] = time.process_time() - cpu
-    meta = {"timings": timings, "prep": {m: p.describe() for m, p in preps.items()}}
+    meta = {
+        "timings": timings,
+        "prep": {m: p.describe() for m, p in preps.items()},
+        "decoded": [[start, time.time(), table.num_rows]],  # wall clock: the decode rate
+    }
     return _with_meta(out, [*incoming, meta])
 
 
@@ -116,8 +123,12 @@ def batch_metas(table: pa.Table) -> list[dict]:
 class EncodeWorker:
     """Ray Data actor: loads the encoders once, then embeds batch after batch of prepared rows.
 
-    It records the wall-clock interval of every forward (with an id of its own), from which the
-    driver measures how busy the encoders were."""
+    The actor runs `CALLS_AT_ONCE` calls at a time (Ray Data's `enable_true_multi_threading`),
+    and every forward of every call goes through one thread of its own, in order: while the
+    device works through one call's batches, the next call is already collating its first, and
+    the last call's output is handed back. One forward at a time, as before; only the host work
+    around it overlaps. It records the wall-clock interval of every forward (with an id of its
+    own), from which the driver measures how busy the encoders were."""
 
     def __init__(self, config: Config, threads: int | None = None):
         import torch
@@ -134,7 +145,7 @@ class EncodeWorker:
         self.actor = uuid.uuid4().hex[:12]
         # Rows per forward; a call gets several forwards' worth, the next collated meanwhile.
         self.forward_rows = ext.batch_size
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="collate")
+        self.device = ThreadPoolExecutor(1, thread_name_prefix="forward")
         # The models' and libraries' objects never die: out of the collector's sight, a full
         # collection scans only what the batches allocate, not all of torch (tens of ms).
         gc.collect()
@@ -151,15 +162,16 @@ class EncodeWorker:
         timings: dict[str, float] = {}
         busy: list[tuple[float, float]] = []
         t0, cpu = time.perf_counter(), time.thread_time()
-        out = encode_batch(self.encoders, table, timings, busy, self.forward_rows, self.pool)
+        out = encode_batch(self.encoders, table, timings, busy, self.forward_rows, self.device)
         timings["encode_s"] = time.perf_counter() - t0
-        timings["encode_cpu_s"] = time.thread_time() - cpu  # this thread's; collate runs aside
+        timings["encode_cpu_s"] = time.thread_time() - cpu  # this thread's; forwards run aside
         mine = {
             "timings": timings,
             "fingerprints": self.fingerprints,
-            "busy": [[self.actor, a, b] for a, b in busy],
+            "busy": [[self.actor, a, b, n] for a, b, n in busy],
         }
-        return _with_meta(out, [{"timings": m.get("timings", {})} for m in incoming] + [mine])
+        passed = [{k: m[k] for k in ("timings", "decoded") if k in m} for m in incoming]
+        return _with_meta(out, [*passed, mine])
 
 
 def embed_in_process(config: Config, table: pa.Table) -> pa.Table:
