@@ -138,8 +138,9 @@ def encode_batch(
 ) -> pa.Table:
     """The encode stage: prepared rows (`prepare_batch`'s output) -> embeddings, forwards of up
     to `forward_rows` rows per modality (None: one), run on `device` (the actor's one forward
-    thread, see `Encoder.embed_batches`) while this thread collates the next. Returns every row; a non-finite vector rejects its row. `timings` accumulates
-    `collate_s` and `forward_s`; `busy` gets each forward's (start, end) wall-clock seconds."""
+    thread, see `Encoder.embed_batches`) while this thread collates the next. Returns every
+    row; a non-finite vector rejects its row. `timings` accumulates `collate_s` and
+    `forward_s`; `busy` gets each forward's (start, end) wall-clock seconds and its rows."""
     n = table.num_rows
     errors = table.column(readers.ERROR).to_pylist()
     keep = (

@@ -463,12 +463,16 @@ class BusyLog:
         span = (max(r[1] for r in runs) - runs[0][0]) * self.slots
         return busy, span
 
+    def _steady(self, runs: list) -> list:
+        """`runs` (sorted) without their first and last `STEADY_TRIM` (all of them if fewer)."""
+        cut = int(len(runs) * self.STEADY_TRIM)
+        return runs[cut : len(runs) - cut] or runs
+
     def _rate(self, runs: list) -> float | None:
         """Rows/s of the steady-state intervals of `runs` (sorted), over their wall-clock span."""
         if not runs:
             return None
-        cut = int(len(runs) * self.STEADY_TRIM)
-        steady = runs[cut : len(runs) - cut] or runs
+        steady = self._steady(runs)
         wall = max(r[1] for r in steady) - steady[0][0]
         return sum(r[3] for r in steady) / wall if wall > 0 else None
 
@@ -477,9 +481,7 @@ class BusyLog:
         if not runs:
             return {"encoders": 0, "forwards": 0, "busy_s": 0.0, "span_s": 0.0}
         busy, span = self._fraction(runs)
-        cut = int(len(runs) * self.STEADY_TRIM)
-        steady = runs[cut : len(runs) - cut] or runs
-        steady_busy, steady_span = self._fraction(steady)
+        steady_busy, steady_span = self._fraction(self._steady(runs))
         return {
             "encoders": len({r[2] for r in runs}),
             "slots": self.slots,

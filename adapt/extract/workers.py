@@ -160,7 +160,7 @@ class EncodeWorker:
                     f"preprocessing: {meta['prep']} vs {self.prep}"
                 )
         timings: dict[str, float] = {}
-        busy: list[tuple[float, float]] = []
+        busy: list[tuple[float, float, int]] = []  # (start, end, rows) per forward
         t0, cpu = time.perf_counter(), time.thread_time()
         out = encode_batch(self.encoders, table, timings, busy, self.forward_rows, self.device)
         timings["encode_s"] = time.perf_counter() - t0
