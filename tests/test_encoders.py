@@ -401,3 +401,65 @@ def test_prepared_rows_cross_stages_as_npy_bytes_and_come_back_as_they_were():
     import io
 
     assert np.array_equal(np.load(io.BytesIO(to_bytes(arrays[0]))), arrays[0])
+
+
+def test_a_decode_batch_packs_its_rows_into_one_arrow_array_with_the_bytes_of_to_bytes():
+    from adapt.encoders.prep import pack_rows, to_bytes
+
+    rng = np.random.default_rng(2)
+    arrays = [
+        rng.integers(0, 255, (3, 8, 8), dtype=np.uint8),
+        None,
+        np.arange(9, dtype=np.int64),
+        np.zeros((0,), np.int32),
+        np.asfortranarray(rng.standard_normal((4, 5))),  # written in C order, as to_bytes does
+        rng.standard_normal((3, 6))[:, ::2],  # not contiguous
+        None,
+    ]
+    packed = pack_rows(arrays)
+    packed.validate(full=True)
+    assert packed.type == pa.binary() and packed.null_count == 2
+    assert packed.to_pylist() == [None if a is None else to_bytes(a) for a in arrays]
+    assert pack_rows([None, None]).to_pylist() == [None, None]
+    assert len(pack_rows([])) == 0
+    with pytest.raises(ValueError, match="Python objects"):
+        pack_rows([np.array([{"a": 1}], dtype=object)])
+
+
+def test_the_encoder_reads_prepared_rows_as_views_of_the_arrow_buffers_without_a_copy():
+    from adapt.encoders.prep import from_bytes, pack_rows
+    from adapt.extract.core import binary_views
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 255, (3, 4, 4), dtype=np.uint8) for _ in range(7)]
+    first = pack_rows([*arrays[:3], None])
+    second = pack_rows(arrays[3:]).slice(1)  # an offset into its buffers
+    column = pa.chunked_array([first, pa.array([], pa.binary()), second])
+    cells = binary_views(column)
+    assert len(cells) == len(column) == 7 and cells[3] is None
+    expected = [*arrays[:3], None, *arrays[4:]]
+    for cell, want in zip(cells, expected, strict=True):
+        if want is None:
+            continue
+        got = from_bytes(cell)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert not got.flags.writeable and not got.flags.owndata  # a view, not a copy
+    # Arrow's buffers read as signed chars: from_bytes still takes its no-copy path.
+    view = from_bytes(cells[0])
+    data = first.buffers()[2]
+    start = view.__array_interface__["data"][0]
+    assert data.address <= start < data.address + data.size
+    large = binary_views(pa.chunked_array([pa.array(first.to_pylist(), pa.large_binary())]))
+    assert np.array_equal(from_bytes(large[2]), arrays[2]) and large[3] is None
+    with pytest.raises(TypeError, match="binary column"):
+        binary_views(pa.chunked_array([pa.array(["a"])]))
+
+
+def test_an_encoding_process_keeps_freed_memory_on_glibc():
+    import platform
+
+    from adapt.encoders.prep import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True

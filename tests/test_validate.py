@@ -146,3 +146,30 @@ def test_the_readme_lists_every_reason_and_only_those():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M)
     assert listed == list(REASONS)
+
+
+def test_a_rows_content_hash_keeps_its_format_so_earlier_outputs_stay_reusable():
+    """Nightly reuses a row whose hash equals the one stored by an earlier run: the digest of
+    length-framed id, text and image must not change with how it is computed."""
+    import hashlib
+
+    from adapt.extract.readers import content_hash
+
+    def framed(parts):
+        digest = hashlib.sha256()
+        for part in parts:
+            data = b"\x00" if part is None else b"\x01" + part
+            digest.update(len(data).to_bytes(8, "little") + data)
+        return digest.hexdigest()[:32]
+
+    image = bytes(range(256)) * 300
+    cases = [
+        ({"id": "a", "text": "t", "image": image}, [b"a", b"t", image]),
+        ({"id": "b", "text": None, "image": None}, [b"b", None, None]),
+        ({"id": "c", "text": "", "image": b""}, [b"c", b"", b""]),
+        ({"id": "d", "image": memoryview(b"xyz")}, [b"d", None, b"xyz"]),
+        ({"id": "e", "text": "é", "image": bytearray(b"\x00")}, [b"e", "é".encode(), b"\x00"]),
+    ]
+    for row, parts in cases:
+        assert content_hash(row) == framed(parts)
+    assert content_hash(cases[0][0]) != content_hash({**cases[0][0], "image": image[:-1]})

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from adapt import schema
-from adapt.encoders.prep import from_bytes, to_bytes
+from adapt.encoders.prep import from_bytes, pack_rows
 from adapt.extract import readers
 from adapt.extract.validate import reject
 
@@ -45,7 +45,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         background.alpha_composite(rgba)
         return background.convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert copies even to its own mode
 
 
 def _prepare(modality: str, value, max_pixels: int = MAX_IMAGE_PIXELS):
@@ -117,10 +117,10 @@ def prepare_batch(
     for modality, prep in sorted(preps.items()):
         rows = [i for i in range(n) if errors[i] is None and items[modality][i] is not None]
         arrays = prep.prepare([items[modality][i] for i in rows]) if rows else []
-        cells: list[bytes | None] = [None] * n
+        cells: list[np.ndarray | None] = [None] * n
         for i, array in zip(rows, arrays, strict=True):
-            cells[i] = to_bytes(array)
-        out[input_column(modality)] = pa.array(cells, pa.binary())
+            cells[i] = array
+        out[input_column(modality)] = pack_rows(cells)
     out[readers.ERROR] = pa.array(errors, pa.string())
     if timings is not None:
         timings["decode_s"] = timings.get("decode_s", 0.0) + t_prep - t_decode
@@ -160,8 +160,9 @@ def encode_batch(
         present = column.is_valid().to_pylist()
         rows = [i for i in range(n) if errors[i] is None and present[i]]
         step = forward_rows or max(1, len(rows))
+        cells = binary_views(column)
         loaders = [
-            functools.partial(_load_rows, column, rows[k : k + step])
+            functools.partial(_load_rows, cells, rows[k : k + step])
             for k in range(0, len(rows), step)
         ]
         vectors = encoder.embed_batches(loaders, device, timings, busy)
@@ -181,8 +182,29 @@ def encode_batch(
     return pa.table(out)
 
 
-def _load_rows(column: pa.ChunkedArray, rows: list[int]) -> list[np.ndarray]:
-    return [from_bytes(b) for b in column.take(pa.array(rows, pa.int64())).to_pylist()]
+def binary_views(column: pa.ChunkedArray) -> list[memoryview | None]:
+    """Every cell of a binary column as a view of the column's own buffers (None where null):
+    the prepared rows reach the collate without a copy of their own."""
+    out: list[memoryview | None] = []
+    for chunk in column.chunks:
+        if not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
+            raise TypeError(f"expected a binary column of prepared rows, got {chunk.type}")
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        width = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        bounds = np.frombuffer(
+            offsets, width, count=len(chunk) + 1, offset=chunk.offset * width().itemsize
+        )
+        whole = memoryview(data) if data is not None else memoryview(b"")
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        ends = bounds.tolist()
+        out.extend(whole[ends[i] : ends[i + 1]] if valid[i] else None for i in range(len(chunk)))
+    return out
+
+
+def _load_rows(cells: list, rows: list[int]) -> list[np.ndarray]:
+    return [from_bytes(cells[i]) for i in rows]
 
 
 def embed_batch(

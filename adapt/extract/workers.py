@@ -20,6 +20,7 @@ import pyarrow as pa
 from adapt import layout, schema
 from adapt.config import Config
 from adapt.encoders import build_encoder, build_preprocessor
+from adapt.encoders.prep import keep_freed_memory
 from adapt.extract import readers
 from adapt.extract.core import encode_batch, prepare_batch
 from adapt.storage import Storage
@@ -80,6 +81,7 @@ def _with_count(table: pa.Table, rows: int | None, cpu_s: float) -> pa.Table:
 def _preprocessor(spec_json: str, modality: str):
     from adapt.config import EncoderSpec
 
+    keep_freed_memory()  # a decode worker, batch after batch of pixels
     return build_preprocessor(EncoderSpec.model_validate_json(spec_json), modality)
 
 
@@ -135,6 +137,7 @@ class EncodeWorker:
 
         if threads:
             torch.set_num_threads(threads)
+        keep_freed_memory()
         ext = config.extract
         self.encoders = {
             modality: build_encoder(spec, modality, device=ext.device, dtype=ext.dtype)
