@@ -427,3 +427,34 @@ def test_commit_records_come_from_one_listing_and_the_manifest(tmp_path, monkeyp
         "s3": None,
     }
     assert reads == [layout.manifest(out), layout.commit_record(out, "s2")]
+
+
+def test_busy_log_stays_bounded_over_a_long_run_and_keeps_its_figures():
+    from adapt.extract.stage import BusyLog
+
+    fine, coarse = BusyLog(slots=1), BusyLog(slots=1)
+    coarse.MAX_RECORDS = 64
+    # 2,000 forwards of 1 s with 1 s between them, after a 100 s start-up gap; decode batches
+    # of 50 rows every 0.5 s from the start.
+    for k in range(2000):
+        start = 100.0 + 2.0 * k
+        for log in (fine, coarse):
+            log.add(f"a{k % 3}", start, start + 1.0, 100)
+    for k in range(4000):
+        for log in (fine, coarse):
+            log.add_decode(0.5 * k + 100.0, 0.5 * k + 100.4, 50)
+    assert len(coarse.intervals) <= 2 * coarse.MAX_RECORDS
+    assert len(coarse.decodes) <= 2 * coarse.MAX_RECORDS
+    a, b = fine.summary(), coarse.summary()
+    assert a["forwards"] == b["forwards"] == 2000 and b["encoders"] == 3
+    assert b["busy_s"] == a["busy_s"] == 2000.0
+    assert b["last_forward_start"] == a["last_forward_start"] == 100.0 + 2.0 * 1999
+    for key in (
+        "busy_fraction",
+        "steady_busy_fraction",
+        "steady_rows_per_s",
+        "decode_steady_rows_per_s",
+    ):
+        assert b[key] == pytest.approx(a[key], rel=0.02), key
+    assert a["steady_busy_fraction"] == pytest.approx(0.5, rel=0.01)
+    assert a["decode_steady_rows_per_s"] == pytest.approx(100.0, rel=0.01)

@@ -442,31 +442,66 @@ class BusyLog:
     forwards (start-up and drain); its rows/s are the rows of those forwards over their span.
     The decode tasks' batches are logged too, for the decode stage's steady rows/s: where
     decode is the bottleneck, the pipeline's own rate, free of the rows decoded ahead while the
-    encoders start."""
+    encoders start.
+
+    Its size is bounded, whatever the corpus: past `MAX_RECORDS` records, neighbours in time are
+    merged pairwise (a record then stands for several forwards: their first start, last end, busy
+    seconds, rows and count), so a long run's figures are those of a coarser log."""
 
     STEADY_TRIM = 0.1
+    MAX_RECORDS = 4096
 
     def __init__(self, slots: int = 1) -> None:
         self.slots = slots
-        self.intervals: list[tuple[float, float, str, int]] = []
-        self.decodes: list[tuple[float, float, str, int]] = []
+        # (start, end, busy seconds, rows, forwards)
+        self.intervals: list[tuple[float, float, float, int, int]] = []
+        self.decodes: list[tuple[float, float, float, int, int]] = []
+        self.actors: set[str] = set()
+        self.last_start: float | None = None
 
     def add(self, actor: str, start: float, end: float, rows: int = 0) -> None:
-        self.intervals.append((start, end, actor, rows))
+        self.actors.add(actor)
+        self.last_start = start if self.last_start is None else max(self.last_start, start)
+        self.intervals.append((start, end, end - start, rows, 1))
+        if len(self.intervals) > 2 * self.MAX_RECORDS:
+            self.intervals = self._coarsen(self.intervals)
 
     def add_decode(self, start: float, end: float, rows: int) -> None:
         """A decode task's batch: its wall-clock interval and rows (the decode stage's rate)."""
-        self.decodes.append((start, end, "decode", rows))
+        self.decodes.append((start, end, end - start, rows, 1))
+        if len(self.decodes) > 2 * self.MAX_RECORDS:
+            self.decodes = self._coarsen(self.decodes)
+
+    @staticmethod
+    def _coarsen(records: list) -> list:
+        """Half as many records: each pair of neighbours in start order merged into one."""
+        records = sorted(records)
+        merged = []
+        for i in range(0, len(records) - 1, 2):
+            a, b = records[i], records[i + 1]
+            merged.append((a[0], max(a[1], b[1]), a[2] + b[2], a[3] + b[3], a[4] + b[4]))
+        if len(records) % 2:
+            merged.append(records[-1])
+        return merged
 
     def _fraction(self, runs: list) -> tuple[float, float]:
-        busy = sum(r[1] - r[0] for r in runs)
+        busy = sum(r[2] for r in runs)
         span = (max(r[1] for r in runs) - runs[0][0]) * self.slots
         return busy, span
 
     def _steady(self, runs: list) -> list:
-        """`runs` (sorted) without their first and last `STEADY_TRIM` (all of them if fewer)."""
-        cut = int(len(runs) * self.STEADY_TRIM)
-        return runs[cut : len(runs) - cut] or runs
+        """`runs` (sorted) without their first and last `STEADY_TRIM` of forwards (all of them
+        if fewer)."""
+        cut = int(sum(r[4] for r in runs) * self.STEADY_TRIM)
+        lo, dropped = 0, 0
+        while lo < len(runs) and dropped + runs[lo][4] <= cut:
+            dropped += runs[lo][4]
+            lo += 1
+        hi, dropped = len(runs), 0
+        while hi > lo and dropped + runs[hi - 1][4] <= cut:
+            dropped += runs[hi - 1][4]
+            hi -= 1
+        return runs[lo:hi] or runs
 
     def _rate(self, runs: list) -> float | None:
         """Rows/s of the steady-state intervals of `runs` (sorted), over their wall-clock span."""
@@ -483,9 +518,9 @@ class BusyLog:
         busy, span = self._fraction(runs)
         steady_busy, steady_span = self._fraction(self._steady(runs))
         return {
-            "encoders": len({r[2] for r in runs}),
+            "encoders": len(self.actors),
             "slots": self.slots,
-            "forwards": len(runs),
+            "forwards": sum(r[4] for r in runs),
             "busy_s": busy,
             "span_s": span,
             "busy_fraction": busy / span if span > 0 else None,
@@ -496,7 +531,7 @@ class BusyLog:
             "decode_steady_rows_per_s": self._rate(
                 sorted(d for d in self.decodes if d[0] >= runs[0][0])
             ),
-            "last_forward_start": runs[-1][0],  # wall clock
+            "last_forward_start": self.last_start,  # wall clock
         }
 
 
