@@ -451,6 +451,9 @@ def test_the_encoder_reads_prepared_rows_as_views_of_the_arrow_buffers_without_a
     assert data.address <= start < data.address + data.size
     large = binary_views(pa.chunked_array([pa.array(first.to_pylist(), pa.large_binary())]))
     assert np.array_equal(from_bytes(large[2]), arrays[2]) and large[3] is None
+    # A modality absent from the batch is a plain array of nulls, not a chunked one.
+    assert binary_views(pa.nulls(3, pa.binary())) == [None, None, None]
+    assert np.array_equal(from_bytes(binary_views(first)[1]), arrays[1])
     with pytest.raises(TypeError, match="binary column"):
         binary_views(pa.chunked_array([pa.array(["a"])]))
 

@@ -182,11 +182,11 @@ def encode_batch(
     return pa.table(out)
 
 
-def binary_views(column: pa.ChunkedArray) -> list[memoryview | None]:
+def binary_views(column: pa.ChunkedArray | pa.Array) -> list[memoryview | None]:
     """Every cell of a binary column as a view of the column's own buffers (None where null):
     the prepared rows reach the collate without a copy of their own."""
     out: list[memoryview | None] = []
-    for chunk in column.chunks:
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
         if not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
             raise TypeError(f"expected a binary column of prepared rows, got {chunk.type}")
         if len(chunk) == 0:
