@@ -186,13 +186,13 @@ def real_part(args, root: str) -> dict:
         # shared machine: each repeat measures bare and pipeline back to back, the median ratio
         # is reported, every repeat's beside it.
         runs = []
-        for k in range(args.real_repeats):
+        for repeat in range(args.real_repeats):
             bare = bare_throughput(encoder, modality, raw, args.batch_size)
             times, results = {}, {}
             for n in (args.rows, small):
                 times[n], results[n] = pipeline_run(
                     corpora[n],
-                    os.path.join(root, f"o-{modality}-{n}-{k}"),
+                    os.path.join(root, f"o-{modality}-{n}-{repeat}"),
                     {modality: NAMES[modality]},
                     extract,
                 )
@@ -265,8 +265,9 @@ def sim_part(args, root: str) -> dict:
     write_corpus(corpus, "image", values, files=args.sim_shards)
     cpus = os.cpu_count() or 1
     # The better of two measurements: a low capacity would flatter the ratio below.
+    sample = values[:1024]
     capacity = max(
-        (decode_capacity(values[: min(len(values), 1024)], cpus) for _ in range(2)),
+        (decode_capacity(sample, cpus) for _ in range(2)),
         key=lambda c: c["rows_per_s"],
     )
     batch = args.sim_batch
@@ -282,10 +283,10 @@ def sim_part(args, root: str) -> dict:
     ]
     # The decode capacity drifts on a shared machine: each decode-bound run is set against the
     # mean of a capacity measured just before it and one just after.
-    fast, around = [], [decode_capacity(values[: min(len(values), 1024)], cpus)]
+    fast, around = [], [decode_capacity(sample, cpus)]
     for k in range(args.sim_repeats):
         fast.append(sim_run(root, f"decode-bound-{k}", corpus, fast_ms, batch))
-        around.append(decode_capacity(values[: min(len(values), 1024)], cpus))
+        around.append(decode_capacity(sample, cpus))
     for k, run in enumerate(fast):
         run["decode_capacity_rows_per_s"] = round(
             (around[k]["rows_per_s"] + around[k + 1]["rows_per_s"]) / 2, 1

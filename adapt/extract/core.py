@@ -157,10 +157,9 @@ def encode_batch(
     for modality, encoder in sorted(encoders.items()):
         name = input_column(modality)
         column = table.column(name) if name in table.column_names else pa.nulls(n, pa.binary())
-        present = column.is_valid().to_pylist()
-        rows = [i for i in range(n) if errors[i] is None and present[i]]
-        step = forward_rows or max(1, len(rows))
         cells = binary_views(column)
+        rows = [i for i in range(n) if errors[i] is None and cells[i] is not None]
+        step = forward_rows or max(1, len(rows))
         loaders = [
             functools.partial(_load_rows, cells, rows[k : k + step])
             for k in range(0, len(rows), step)

@@ -188,15 +188,14 @@ def _rows_to_table(rows: list[dict], shard: Shard, multi: dict[str, bool]) -> pa
 def content_hash(row: dict) -> str:
     """A row's identity for incremental runs: its id, text and image bytes (not its labels)."""
     digest = hashlib.sha256()
-    for part in (row.get(schema.ID), row.get(schema.TEXT)):
-        data = b"\x00" if part is None else b"\x01" + str(part).encode()
-        digest.update(len(data).to_bytes(8, "little") + data)
-    image = row.get(schema.IMAGE)
-    if image is None:
-        digest.update((1).to_bytes(8, "little") + b"\x00")
-    else:  # the same bytes as the text's framing, fed in parts: no copy of the image
-        digest.update((len(image) + 1).to_bytes(8, "little") + b"\x01")
-        digest.update(image)
+    texts = (row.get(schema.ID), row.get(schema.TEXT))
+    for part in (*(None if t is None else str(t).encode() for t in texts), row.get(schema.IMAGE)):
+        if part is None:
+            digest.update((1).to_bytes(8, "little") + b"\x00")
+            continue
+        view = memoryview(part)  # framed as b"\x01" + the bytes, fed in parts: no copy
+        digest.update((view.nbytes + 1).to_bytes(8, "little") + b"\x01")
+        digest.update(view)
     return digest.hexdigest()[:32]
 
 
